@@ -1,0 +1,20 @@
+"""Model math: the frozen MLLM adapter, the AIM projector and its checkpoint format, training.
+
+Nothing here knows about HTTP or Redis. Importing the package is cheap: models load only when asked.
+"""
+
+from projector.backbone import Backbone, DemonstrationEncoding, QueryEmbedding, load_backbone
+from projector.images import ImageError, decode_image
+from projector.projector import Projector, ProjectorConfig, ProjectorMismatchError
+
+__all__ = [
+    "Backbone",
+    "DemonstrationEncoding",
+    "ImageError",
+    "Projector",
+    "ProjectorConfig",
+    "ProjectorMismatchError",
+    "QueryEmbedding",
+    "decode_image",
+    "load_backbone",
+]

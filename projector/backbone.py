@@ -1,0 +1,261 @@
+"""The frozen MLLM, seen through the two operations AIM needs.
+
+``encode_demonstration`` reads an (image, text) pair once and keeps the hidden states at the text
+positions; ``embed_query`` builds the query's input embeddings with the image features spliced in by
+the model's own forward pass. The adapter works for transformers' LLaVA family (``llava`` and
+``llava_next`` model types): anything whose ``model.language_model`` receives ``inputs_embeds``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+# Model types whose text positions are plain 1-D positions, so prompt embeddings carry everything the
+# decoder needs. Qwen2-VL's multimodal RoPE positions do not survive the trip through prompt_embeds.
+SUPPORTED_MODEL_TYPES = ("llava", "llava_next")
+RECIPE_FILE = "aim_recipe.json"
+
+DEFAULT_DEMONSTRATION_TEMPLATE = "<image>\n{text}"
+DEFAULT_QUERY_TEMPLATE = "<image>\n{text}"
+DEFAULT_TEXT_QUERY_TEMPLATE = "{text}"
+
+
+class BackboneError(RuntimeError):
+    """The model cannot be loaded or used as an AIM backbone."""
+
+
+@dataclass(frozen=True)
+class DemonstrationEncoding:
+    """What the frozen backbone makes of one demonstration."""
+
+    hidden_states: torch.Tensor  # [text_tokens, hidden]: one row per text token, image tokens dropped
+    image_tokens: int  # image tokens the demonstration occupied in the backbone's prompt
+    raw_tokens: int  # what the demonstration costs as an ordinary multimodal prompt segment
+
+
+@dataclass(frozen=True)
+class QueryEmbedding:
+    """The query's input embeddings, split where the demonstrations go in between."""
+
+    prefix: torch.Tensor  # [p, hidden]: tokens that open every prompt (BOS), placed before demonstrations
+    body: torch.Tensor  # [n, hidden]: the rest of the query, image features spliced in
+    image_tokens: int
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.prefix.shape[0] + self.body.shape[0])
+
+
+@dataclass(frozen=True)
+class Templates:
+    """How text is wrapped before it meets the tokenizer. ``<image>`` marks where the image goes."""
+
+    demonstration: str = DEFAULT_DEMONSTRATION_TEMPLATE
+    query: str = DEFAULT_QUERY_TEMPLATE
+    text_query: str = DEFAULT_TEXT_QUERY_TEMPLATE
+
+
+class _Captured(Exception):  # noqa: N818 - control flow, not an error
+    def __init__(self, inputs_embeds: torch.Tensor) -> None:
+        self.inputs_embeds = inputs_embeds
+
+
+class Backbone:
+    """A loaded, frozen LLaVA-family model with its processor."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        processor: Any,
+        *,
+        name: str,
+        revision: str | None = None,
+        templates: Templates | None = None,
+    ) -> None:
+        model_type = getattr(model.config, "model_type", None)
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise BackboneError(
+                f"model type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
+        self.model = model.eval().requires_grad_(False)
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.name = name
+        self.revision = revision
+        self.templates = templates or Templates()
+        self.image_token_id: int = int(model.config.image_token_id)
+        text_config = model.config.get_text_config()
+        self.hidden_size: int = int(text_config.hidden_size)
+        self.max_position_embeddings: int = int(text_config.max_position_embeddings)
+        self._special_ids = torch.tensor(
+            sorted({i for i in (self.tokenizer.bos_token_id, self.tokenizer.pad_token_id) if i is not None}),
+            dtype=torch.long,
+        )
+
+    # -- identity -------------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        return [eos] if isinstance(eos, int) else [int(e) for e in eos]
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two backbones produce the same hidden states: the key of everything cached."""
+        config_json = self.model.config.to_json_string(use_diff=False)
+        return {
+            "name": self.name,
+            "revision": self.revision,
+            "config_sha256": hashlib.sha256(config_json.encode()).hexdigest(),
+            "templates": [self.templates.demonstration, self.templates.query, self.templates.text_query],
+        }
+
+    # -- the two AIM operations -----------------------------------------------------------------
+    def _inputs(self, image: Image.Image | None, prompt: str) -> dict[str, torch.Tensor]:
+        if image is None:
+            batch = self.processor(text=prompt, return_tensors="pt")
+        else:
+            batch = self.processor(images=image, text=prompt, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    @torch.inference_mode()
+    def encode_demonstration(self, image: Image.Image, text: str, *, layer: int = -1) -> DemonstrationEncoding:
+        """Hidden states of layer ``layer`` at the demonstration's text positions."""
+        inputs = self._inputs(image, self.templates.demonstration.format(text=text))
+        ids = inputs["input_ids"][0]
+        out = self.model.model(**inputs, output_hidden_states=True, use_cache=False)
+        hidden = out.hidden_states[layer][0]
+        is_image = ids == self.image_token_id
+        is_text = ~is_image & ~torch.isin(ids, self._special_ids.to(ids.device))
+        image_tokens = int(is_image.sum())
+        if image_tokens == 0:
+            raise BackboneError("the demonstration template has no <image> placeholder")
+        return DemonstrationEncoding(
+            hidden_states=hidden[is_text].detach().clone(),
+            image_tokens=image_tokens,
+            raw_tokens=int((~torch.isin(ids, self._special_ids.to(ids.device))).sum()),
+        )
+
+    @torch.inference_mode()
+    def embed_query(self, image: Image.Image | None, text: str) -> QueryEmbedding:
+        """The query's input embeddings exactly as the model's forward would compute them.
+
+        The model's own forward runs until the decoder is about to start, and the ``inputs_embeds``
+        it hands the decoder are taken there: the image is spliced in by the model's own code, for
+        every architecture in the family.
+        """
+        template = self.templates.query if image is not None else self.templates.text_query
+        inputs = self._inputs(image, template.format(text=text))
+        ids = inputs["input_ids"][0]
+
+        def capture(_module: torch.nn.Module, _args: tuple, kwargs: dict) -> None:
+            raise _Captured(kwargs["inputs_embeds"])
+
+        handle = self.model.model.language_model.register_forward_pre_hook(capture, with_kwargs=True)
+        try:
+            self.model.model(**inputs, use_cache=False)
+        except _Captured as captured:
+            embeds = captured.inputs_embeds[0].detach().clone()
+        else:  # pragma: no cover - the hook always fires
+            raise BackboneError("the decoder was never called")
+        finally:
+            handle.remove()
+        n_prefix = 0
+        while n_prefix < len(ids) and int(ids[n_prefix]) in self._special_ids.tolist():
+            n_prefix += 1
+        return QueryEmbedding(
+            prefix=embeds[:n_prefix],
+            body=embeds[n_prefix:],
+            image_tokens=int((ids == self.image_token_id).sum()),
+        )
+
+    def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Plain input embeddings of text tokens (no image)."""
+        with torch.inference_mode():
+            return self.model.get_input_embeddings()(token_ids.to(self.device)).detach().clone()
+
+    # -- the decoder on its own, for engines that cannot load the full MLLM ------------------------
+    def export_language_model(self, cache_dir: Path) -> Path:
+        """Save the decoder as a standalone ``*ForCausalLM`` directory, once per backbone identity."""
+        from transformers import AutoModelForCausalLM
+
+        key = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+        out_dir = Path(cache_dir) / f"lm-{_slug(self.name)}-{key}-{str(self.dtype).removeprefix('torch.')}"
+        if (out_dir / "config.json").exists():
+            return out_dir
+        text_config = self.model.config.get_text_config()
+        with torch.device("meta"):
+            lm = AutoModelForCausalLM.from_config(text_config, dtype=self.dtype)
+        lm.model.load_state_dict(self.model.model.language_model.state_dict(), assign=True)
+        lm.lm_head.load_state_dict(self.model.lm_head.state_dict(), assign=True)
+        lm.generation_config = self.model.generation_config
+        tmp = out_dir.with_name(out_dir.name + ".partial")
+        lm.save_pretrained(tmp)
+        self.tokenizer.save_pretrained(tmp)
+        tmp.rename(out_dir)
+        return out_dir
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-")[-48:]
+
+
+def _read_recipe(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / RECIPE_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def load_backbone(
+    model: str | Path,
+    *,
+    revision: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+    templates: Templates | None = None,
+) -> Backbone:
+    """Load a LLaVA-family MLLM from a local directory or a hub id.
+
+    A directory may carry an ``aim_recipe.json`` naming the model and its prompt templates (the
+    models built by this project do); explicit ``templates`` win.
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    import projector.aim_mini  # noqa: F401  # registers aim-mini's vision tower with transformers
+
+    source = str(model)
+    local = Path(source)
+    recipe = _read_recipe(local) if local.is_dir() else {}
+    try:
+        config = AutoConfig.from_pretrained(source, revision=revision)
+    except (OSError, ValueError) as exc:
+        raise BackboneError(f"cannot load model config from {source!r}: {exc}") from exc
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise BackboneError(
+            f"{source!r} is a {config.model_type!r} model; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    mllm = AutoModelForImageTextToText.from_pretrained(source, revision=revision, dtype=dtype).to(device)
+    processor = AutoProcessor.from_pretrained(source, revision=revision)
+    if templates is None:
+        templates = Templates(
+            demonstration=recipe.get("demonstration_template", DEFAULT_DEMONSTRATION_TEMPLATE),
+            query=recipe.get("query_template", DEFAULT_QUERY_TEMPLATE),
+            text_query=recipe.get("text_query_template", DEFAULT_TEXT_QUERY_TEMPLATE),
+        )
+    name = recipe.get("name") or (local.name if local.is_dir() else source)
+    return Backbone(mllm, processor, name=name, revision=revision, templates=templates)

@@ -1,0 +1,112 @@
+"""The AIM projector: maps backbone hidden states at text positions to fused tokens.
+
+Checkpoint format: a directory with ``projector.json`` (the config, naming the backbone it was made
+for) and ``model.safetensors`` (the weights). No pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save, save_file
+from torch import nn
+
+CONFIG_FILE = "projector.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+class ProjectorMismatchError(ValueError):
+    """The checkpoint was made for another backbone, or is not a projector checkpoint."""
+
+
+class ProjectorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["linear", "mlp"] = Field("linear", description="linear: Linear(d, d); mlp: x + W2·gelu(W1·x)")
+    hidden_size: int = Field(gt=0)
+    layer: int = Field(-1, description="which backbone hidden-state layer feeds the projector")
+    backbone: str = Field(description="name of the backbone the projector was made for")
+    format_version: int = FORMAT_VERSION
+
+
+class Projector(nn.Module):
+    """Identity-initialised, so an untrained projector passes hidden states through unchanged."""
+
+    def __init__(self, config: ProjectorConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.hidden_size
+        self.linear = nn.Linear(d, d)
+        with torch.no_grad():
+            if config.kind == "linear":
+                self.linear.weight.copy_(torch.eye(d))
+                self.linear.bias.zero_()
+        if config.kind == "mlp":
+            # Residual MLP whose output layer starts at zero: identity at initialisation too.
+            self.out = nn.Linear(d, d)
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.config.kind == "linear":
+            return self.linear(hidden_states)
+        return hidden_states + self.out(nn.functional.gelu(self.linear(hidden_states)))
+
+    # -- checkpoint format ----------------------------------------------------------------------
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+
+    def digest(self) -> str:
+        """sha256 of config and weights: part of the bank fingerprint."""
+        h = hashlib.sha256(self.config.model_dump_json().encode())
+        h.update(save(self._state()))  # safetensors bytes are deterministic for equal tensors
+        return h.hexdigest()
+
+    def save(self, out_dir: Path) -> Path:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_file(self._state(), str(out_dir / WEIGHTS_FILE), metadata={"format": "aim-projector"})
+        (out_dir / CONFIG_FILE).write_text(self.config.model_dump_json(indent=2))
+        return out_dir
+
+    @classmethod
+    def load(cls, checkpoint: Path, *, backbone: str | None = None, hidden_size: int | None = None) -> Projector:
+        """Load a checkpoint, refusing one made for another backbone."""
+        checkpoint = Path(checkpoint)
+        try:
+            config = ProjectorConfig.model_validate_json((checkpoint / CONFIG_FILE).read_text())
+        except FileNotFoundError as exc:
+            raise ProjectorMismatchError(f"{checkpoint} is not a projector checkpoint: no {CONFIG_FILE}") from exc
+        except ValueError as exc:
+            raise ProjectorMismatchError(f"{checkpoint / CONFIG_FILE} is invalid: {exc}") from exc
+        if backbone is not None and config.backbone != backbone:
+            raise ProjectorMismatchError(
+                f"projector {checkpoint} was made for backbone {config.backbone!r}, not {backbone!r}"
+            )
+        if hidden_size is not None and config.hidden_size != hidden_size:
+            raise ProjectorMismatchError(
+                f"projector {checkpoint} has hidden size {config.hidden_size}, the backbone has {hidden_size}"
+            )
+        projector = cls(config)
+        state = load_file(str(checkpoint / WEIGHTS_FILE))
+        missing, unexpected = projector.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ProjectorMismatchError(
+                f"projector weights do not match kind {config.kind!r}: missing {missing}, unexpected {unexpected}"
+            )
+        return projector.eval()
+
+    @classmethod
+    def identity(cls, *, backbone: str, hidden_size: int, layer: int = -1, kind: str = "linear") -> Projector:
+        return cls(ProjectorConfig(kind=kind, hidden_size=hidden_size, layer=layer, backbone=backbone)).eval()
+
+
+def describe(checkpoint: Path) -> dict:
+    """The checkpoint's config as a dict, for CLIs and logs."""
+    return json.loads((Path(checkpoint) / CONFIG_FILE).read_text())
