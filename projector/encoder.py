@@ -1,0 +1,56 @@
+"""Backbone + projector: the whole AIM read path from (image, text) to fused tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from projector.backbone import Backbone, QueryEmbedding
+from projector.projector import Projector
+
+
+@dataclass(frozen=True)
+class FusedDemonstration:
+    fused_tokens: torch.Tensor  # [text_tokens, hidden] in the engine's dtype, on CPU
+    image_tokens: int
+    raw_tokens: int
+
+
+class AimEncoder:
+    """Turns demonstrations into fused tokens and queries into input embeddings, in one dtype.
+
+    Both come out in ``dtype`` (the engine's), on the CPU, contiguous: the prompt assembled from them
+    is then byte-identical every time, which is what prefix caching keys on.
+    """
+
+    def __init__(self, backbone: Backbone, projector: Projector, *, dtype: torch.dtype) -> None:
+        if projector.config.hidden_size != backbone.hidden_size:
+            raise ValueError(
+                f"projector hidden size {projector.config.hidden_size} != backbone {backbone.hidden_size}"
+            )
+        self.backbone = backbone
+        self.projector = projector.to(backbone.device).eval()
+        self.dtype = dtype
+
+    @property
+    def layer(self) -> int:
+        return self.projector.config.layer
+
+    def _out(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(device="cpu", dtype=self.dtype).contiguous()
+
+    @torch.inference_mode()
+    def encode_demonstration(self, image: Image.Image, text: str) -> FusedDemonstration:
+        encoding = self.backbone.encode_demonstration(image, text, layer=self.layer)
+        proj_dtype = next(self.projector.parameters()).dtype
+        fused = self.projector(encoding.hidden_states.to(proj_dtype))
+        return FusedDemonstration(
+            fused_tokens=self._out(fused), image_tokens=encoding.image_tokens, raw_tokens=encoding.raw_tokens
+        )
+
+    @torch.inference_mode()
+    def embed_query(self, image: Image.Image | None, text: str) -> QueryEmbedding:
+        q = self.backbone.embed_query(image, text)
+        return QueryEmbedding(prefix=self._out(q.prefix), body=self._out(q.body), image_tokens=q.image_tokens)

@@ -1,0 +1,1 @@
+"""Engines that turn prompt embeddings into text, behind one interface (``engines.base.Engine``)."""

