@@ -34,7 +34,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     except ImageError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"not a readable image: {exc}") from exc
+        raise ImageError("not a readable image (expected PNG, JPEG, GIF, WebP, BMP or TIFF)") from exc
     except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
         raise ImageError(f"image data is corrupt: {exc}") from exc
     if width < 1 or height < 1:

@@ -1,0 +1,94 @@
+"""App factory and start-up, in one visible order: model, projector, bank, engine, services."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from bank import DemonstrationBank, fingerprint, open_redis
+from projector.backbone import Backbone, load_backbone
+from projector.encoder import AimEncoder
+from projector.projector import Projector
+from server.demonstrations.api_router import router as demonstrations_router
+from server.demonstrations.serving import DemonstrationService
+from server.engines.factory import build_engine
+from server.errors import install_error_handlers
+from server.generate.api_router import router as generate_router
+from server.generate.serving import GenerateService
+from server.health.api_router import router as health_router
+from server.metrics import Metrics
+from server.models import resolve_dtype, resolve_model
+from server.settings import Settings
+from server.state import AppState
+
+log = logging.getLogger(__name__)
+
+
+def load_encoder(settings: Settings) -> AimEncoder:
+    """The frozen backbone and the projector, checked against each other."""
+    dtype = resolve_dtype(settings)
+    backbone: Backbone = load_backbone(resolve_model(settings), revision=settings.model_revision, dtype=dtype)
+    if settings.projector is not None:
+        projector = Projector.load(settings.projector, backbone=backbone.name, hidden_size=backbone.hidden_size)
+    else:
+        projector = Projector.identity(
+            backbone=backbone.name, hidden_size=backbone.hidden_size, layer=settings.layer, kind=settings.projector_kind
+        )
+    return AimEncoder(backbone, projector, dtype=dtype)
+
+
+def bank_fingerprint(encoder: AimEncoder) -> str:
+    return fingerprint(
+        backbone=encoder.backbone.identity(),
+        projector_digest=encoder.projector.digest(),
+        layer=encoder.layer,
+        dtype=str(encoder.dtype).removeprefix("torch."),
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    encoder = await asyncio.to_thread(load_encoder, settings)
+    fp = bank_fingerprint(encoder)
+    redis = await open_redis(settings.redis_url, settings.data_dir)
+    try:
+        bank = DemonstrationBank(
+            redis.client, fp, hidden_size=encoder.backbone.hidden_size, cache_bytes=settings.bank_cache_bytes
+        )
+        async with build_engine(settings, encoder.backbone) as engine:
+            metrics = Metrics()
+            app.state.aim = AppState(
+                settings=settings, encoder=encoder, bank=bank, redis=redis, engine=engine, metrics=metrics,
+                demonstrations=DemonstrationService(encoder, bank, settings, metrics),
+                generate=GenerateService(encoder, bank, engine, settings, metrics),
+                fingerprint=fp,
+            )
+            log.info("ready: model %s, engine %s, bank %s (fingerprint %s)",
+                     encoder.backbone.name, engine.name, redis.description, fp)
+            try:
+                yield
+            finally:
+                app.state.aim = None
+    finally:
+        await redis.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    app = FastAPI(
+        title="aim-serve",
+        version="0.1.0",
+        summary="Multimodal few-shot inference with AIM fused demonstration tokens",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings or Settings()
+    app.state.aim = None
+    install_error_handlers(app)
+    app.include_router(demonstrations_router)
+    app.include_router(generate_router)
+    app.include_router(health_router)
+    return app

@@ -1,0 +1,1 @@
+"""Register, read and delete demonstrations and their named sets."""

@@ -1,0 +1,62 @@
+"""Wire types of the demonstration API. No logic beyond field validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DemonstrationItem(_Strict):
+    image: str = Field(description="base64-encoded image bytes, or a data URL (data:image/png;base64,...)")
+    text: str = Field(description="the demonstration's text, e.g. a question and its answer")
+    metadata: dict[str, Any] | None = Field(None, description="free-form JSON object stored with it")
+
+
+class RegisterRequest(_Strict):
+    set: str | None = Field(None, pattern=SET_NAME_PATTERN, description="append the items to this named set")
+    items: list[DemonstrationItem] = Field(min_length=1)
+
+
+class RegisteredItem(BaseModel):
+    id: str
+    fused_tokens: int = Field(description="fused tokens stored for it (one per text token)")
+    created: bool = Field(description="false when the same image and text were registered before")
+
+
+class RegisterResponse(BaseModel):
+    set: str | None
+    items: list[RegisteredItem]
+
+
+class Demonstration(BaseModel):
+    id: str
+    text: str
+    metadata: dict[str, Any]
+    fused_tokens: int
+    image_tokens: int
+    raw_tokens: int = Field(description="tokens it costs as an ordinary multimodal prompt (image + text)")
+    created_at: float
+    sets: list[str]
+
+
+class DemonstrationDeleted(BaseModel):
+    id: str
+    deleted: bool = True
+
+
+class DemonstrationSet(BaseModel):
+    name: str
+    ids: list[str]
+    size: int
+
+
+class SetDeleted(BaseModel):
+    name: str
+    deleted: bool = True

@@ -1,0 +1,131 @@
+"""Demonstration logic: validate everything, encode what is new, then write everything at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+
+from PIL import Image
+
+from bank import DemonstrationBank, NewDemonstration, UnknownDemonstrationError, UnknownSetError, demonstration_id
+from projector.encoder import AimEncoder
+from server.demonstrations.protocol import (
+    Demonstration,
+    DemonstrationDeleted,
+    DemonstrationSet,
+    RegisteredItem,
+    RegisterRequest,
+    RegisterResponse,
+    SetDeleted,
+)
+from server.errors import APIError, NotFoundError, PayloadTooLargeError
+from server.media import decode_image_field
+from server.metrics import Metrics
+from server.settings import Settings
+
+
+@dataclass(frozen=True)
+class _Checked:
+    id: str
+    image: Image.Image
+    text: str
+    metadata: dict
+
+
+def check_text(text: str, *, param: str, max_chars: int) -> None:
+    if not text.strip():
+        raise APIError(f"{param}: must not be empty", param=param, code="empty_text")
+    if len(text) > max_chars:
+        raise APIError(f"{param}: longer than the limit of {max_chars} characters", param=param, code="text_too_long")
+
+
+class DemonstrationService:
+    def __init__(self, encoder: AimEncoder, bank: DemonstrationBank, settings: Settings, metrics: Metrics) -> None:
+        self.encoder = encoder
+        self.bank = bank
+        self.settings = settings
+        self.metrics = metrics
+
+    def _check(self, request: RegisterRequest) -> list[_Checked]:
+        s = self.settings
+        if len(request.items) > s.max_items_per_request:
+            raise APIError(
+                f"items: {len(request.items)} items, more than the limit of {s.max_items_per_request}",
+                param="items", code="too_many_items",
+            )
+        checked = []
+        for i, item in enumerate(request.items):
+            check_text(item.text, param=f"items[{i}].text", max_chars=s.max_text_chars)
+            metadata = item.metadata or {}
+            if len(json.dumps(metadata, separators=(",", ":"))) > s.max_metadata_bytes:
+                raise PayloadTooLargeError(
+                    f"items[{i}].metadata: larger than the limit of {s.max_metadata_bytes} bytes as JSON",
+                    param=f"items[{i}].metadata", code="metadata_too_large",
+                )
+            data, image = decode_image_field(
+                item.image, param=f"items[{i}].image", max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels
+            )
+            checked.append(_Checked(demonstration_id(data, item.text), image, item.text, metadata))
+        return checked
+
+    async def register(self, request: RegisterRequest) -> RegisterResponse:
+        checked = self._check(request)  # every item is valid before anything is encoded or written
+        unique = {c.id: c for c in checked}
+        existing = await self.bank.existing(list(unique))
+        stored = {r.id: r for r in await self.bank.get_many(sorted(existing))} if existing else {}
+        new: dict[str, NewDemonstration] = {}
+        for c in unique.values():
+            if c.id in stored:
+                r = stored[c.id]
+                new[c.id] = NewDemonstration(c.id, r.fused_tokens, r.text, r.metadata, r.image_tokens, r.raw_tokens)
+                continue
+            fused = await asyncio.to_thread(self.encoder.encode_demonstration, c.image, c.text)
+            new[c.id] = NewDemonstration(
+                id=c.id, fused_tokens=fused.fused_tokens, text=c.text, metadata=c.metadata,
+                image_tokens=fused.image_tokens, raw_tokens=fused.raw_tokens,
+            )
+        results = {r.id: r for r in await self.bank.put_many(list(new.values()), set_name=request.set)}
+        self.metrics.demonstrations_registered.inc(sum(r.created for r in results.values()))
+        items, seen = [], set()
+        for c in checked:  # one answer per item, in request order; a repeat within the request is not new
+            r = results[c.id]
+            items.append(RegisteredItem(id=c.id, fused_tokens=r.fused_tokens, created=r.created and c.id not in seen))
+            seen.add(c.id)
+        return RegisterResponse(set=request.set, items=items)
+
+    async def get(self, demonstration_id: str) -> Demonstration:
+        try:
+            record = await self.bank.get(demonstration_id)
+        except UnknownDemonstrationError:
+            raise _unknown_demonstration(demonstration_id, "id") from None
+        return Demonstration(
+            id=record.id, text=record.text, metadata=record.metadata, fused_tokens=record.num_fused_tokens,
+            image_tokens=record.image_tokens, raw_tokens=record.raw_tokens, created_at=record.created_at,
+            sets=await self.bank.sets_of(demonstration_id),
+        )
+
+    async def delete(self, demonstration_id: str) -> DemonstrationDeleted:
+        if not await self.bank.delete(demonstration_id):
+            raise _unknown_demonstration(demonstration_id, "id")
+        return DemonstrationDeleted(id=demonstration_id)
+
+    async def get_set(self, name: str) -> DemonstrationSet:
+        try:
+            ids = await self.bank.get_set(name)
+        except UnknownSetError:
+            raise unknown_set(name, "name") from None
+        return DemonstrationSet(name=name, ids=ids, size=len(ids))
+
+    async def delete_set(self, name: str) -> SetDeleted:
+        if not await self.bank.delete_set(name):
+            raise unknown_set(name, "name")
+        return SetDeleted(name=name)
+
+
+def _unknown_demonstration(demonstration_id: str, param: str) -> NotFoundError:
+    return NotFoundError(f"demonstration {demonstration_id!r} does not exist", param=param, code="demonstration_not_found")
+
+
+def unknown_set(name: str, param: str) -> NotFoundError:
+    return NotFoundError(f"set {name!r} does not exist", param=param, code="set_not_found")

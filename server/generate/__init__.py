@@ -1,0 +1,1 @@
+"""Few-shot generation over cached fused tokens."""

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from server.deps import GenerateServiceDep
+from server.generate.protocol import GenerateRequest, GenerateResponse
+from server.generate.serving import GenerateService, PreparedRequest
+
+router = APIRouter(tags=["generate"])
+
+
+async def _events(service: GenerateService, prepared: PreparedRequest) -> AsyncIterator[str]:
+    async for chunk in service.stream(prepared):
+        yield f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+@router.post("/generate", response_model=GenerateResponse)
+async def generate(body: GenerateRequest, service: GenerateServiceDep) -> GenerateResponse | StreamingResponse:
+    """Answer a few-shot query over cached fused tokens. With ``stream: true``, server-sent events."""
+    prepared = await service.prepare(body)  # every 4xx happens here, before any byte is streamed
+    if body.stream:
+        return StreamingResponse(_events(service, prepared), media_type="text/event-stream")
+    return await service.generate(prepared)

@@ -1,0 +1,26 @@
+"""Everything the routes need, built once in the lifespan and kept on ``app.state``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bank import DemonstrationBank, RedisConnection
+from projector.encoder import AimEncoder
+from server.demonstrations.serving import DemonstrationService
+from server.engines.base import Engine
+from server.generate.serving import GenerateService
+from server.metrics import Metrics
+from server.settings import Settings
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    encoder: AimEncoder
+    bank: DemonstrationBank
+    redis: RedisConnection
+    engine: Engine
+    metrics: Metrics
+    demonstrations: DemonstrationService
+    generate: GenerateService
+    fingerprint: str
