@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,10 @@ class Backbone:
         text_config = model.config.get_text_config()
         self.hidden_size: int = int(text_config.hidden_size)
         self.max_position_embeddings: int = int(text_config.max_position_embeddings)
+        # The decoder is shared with the engine, which may run it on another thread at the same time:
+        # the capture hook is installed once and fires only for the thread that asked for a capture.
+        self._capturing = threading.local()
+        self.model.model.language_model.register_forward_pre_hook(self._capture_hook, with_kwargs=True)
         self._special_ids = torch.tensor(
             sorted({i for i in (self.tokenizer.bos_token_id, self.tokenizer.pad_token_id) if i is not None}),
             dtype=torch.long,
@@ -136,6 +141,20 @@ class Backbone:
     @torch.inference_mode()
     def encode_demonstration(self, image: Image.Image, text: str, *, layer: int = -1) -> DemonstrationEncoding:
         """Hidden states of layer ``layer`` at the demonstration's text positions."""
+        return self._encode_demonstration(image, text, layer)
+
+    @torch.no_grad()
+    def encode_demonstration_frozen(
+        self, image: Image.Image, text: str, *, layer: int = -1
+    ) -> DemonstrationEncoding:
+        """``encode_demonstration`` under ``no_grad`` instead of ``inference_mode``.
+
+        Tensors made in inference mode cannot be saved for backward, so training (where the
+        projector's input must be an ordinary tensor) uses this variant. Same values.
+        """
+        return self._encode_demonstration(image, text, layer)
+
+    def _encode_demonstration(self, image: Image.Image, text: str, layer: int) -> DemonstrationEncoding:
         inputs = self._inputs(image, self.templates.demonstration.format(text=text))
         ids = inputs["input_ids"][0]
         out = self.model.model(**inputs, output_hidden_states=True, use_cache=False)
@@ -159,14 +178,46 @@ class Backbone:
         it hands the decoder are taken there: the image is spliced in by the model's own code, for
         every architecture in the family.
         """
+        return self._embed_query(image, text)
+
+    @torch.no_grad()
+    def embed_query_frozen(self, image: Image.Image | None, text: str) -> QueryEmbedding:
+        """``embed_query`` under ``no_grad`` instead of ``inference_mode`` (for training)."""
+        return self._embed_query(image, text)
+
+    def _embed_query(self, image: Image.Image | None, text: str) -> QueryEmbedding:
         template = self.templates.query if image is not None else self.templates.text_query
-        inputs = self._inputs(image, template.format(text=text))
+        return self._embed_prompt([image] if image is not None else [], template.format(text=text))
+
+    @torch.inference_mode()
+    def raw_prompt_embeds(
+        self,
+        demonstrations: list[tuple[Image.Image, str]],
+        image: Image.Image | None,
+        text: str,
+    ) -> QueryEmbedding:
+        """The ordinary multimodal few-shot prompt, for comparison with AIM.
+
+        Every demonstration is written out with its own ``<image>`` (demonstration template), then
+        the query (query template), and the whole interleaved prompt goes through the model's own
+        forward once, as an MLLM's multi-image in-context prompt would. ``prefix``/``body`` split as
+        in ``embed_query``; ``image_tokens`` counts all images' tokens. Demonstration texts are
+        concatenated as given: put any separator (e.g. a trailing newline) in the texts.
+        """
+        parts = [self.templates.demonstration.format(text=t) for _, t in demonstrations]
+        query_template = self.templates.query if image is not None else self.templates.text_query
+        parts.append(query_template.format(text=text))
+        images = [im for im, _ in demonstrations] + ([image] if image is not None else [])
+        return self._embed_prompt(images, "".join(parts))
+
+    def _embed_prompt(self, images: list[Image.Image], prompt: str) -> QueryEmbedding:
+        if images:
+            batch = self.processor(images=images, text=prompt, return_tensors="pt")
+        else:
+            batch = self.processor(text=prompt, return_tensors="pt")
+        inputs = {k: v.to(self.device) for k, v in batch.items()}
         ids = inputs["input_ids"][0]
-
-        def capture(_module: torch.nn.Module, _args: tuple, kwargs: dict) -> None:
-            raise _Captured(kwargs["inputs_embeds"])
-
-        handle = self.model.model.language_model.register_forward_pre_hook(capture, with_kwargs=True)
+        self._capturing.active = True
         try:
             self.model.model(**inputs, use_cache=False)
         except _Captured as captured:
@@ -174,7 +225,7 @@ class Backbone:
         else:  # pragma: no cover - the hook always fires
             raise BackboneError("the decoder was never called")
         finally:
-            handle.remove()
+            self._capturing.active = False
         n_prefix = 0
         while n_prefix < len(ids) and int(ids[n_prefix]) in self._special_ids.tolist():
             n_prefix += 1
