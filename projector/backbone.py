@@ -235,6 +235,10 @@ class Backbone:
             image_tokens=int((ids == self.image_token_id).sum()),
         )
 
+    def _capture_hook(self, _module: torch.nn.Module, _args: tuple, kwargs: dict) -> None:
+        if getattr(self._capturing, "active", False):
+            raise _Captured(kwargs["inputs_embeds"])
+
     def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Plain input embeddings of text tokens (no image)."""
         with torch.inference_mode():

@@ -1,0 +1,101 @@
+"""The backbone adapter and the projector against the model's own computations."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from projector.backbone import Backbone
+from projector.encoder import AimEncoder
+from projector.projector import Projector, ProjectorMismatchError
+from tests.helpers import decode_png, png_b64
+
+
+def test_query_embedding_reproduces_the_models_own_generate(backbone: Backbone):
+    """Zero-shot: our spliced embeddings give exactly what LLaVA's generate gives from pixels."""
+    image = decode_png(png_b64("green", (80, 60), "square"))
+    text = "What shape is in the image?"
+    inputs = backbone.processor(images=image, text=backbone.templates.query.format(text=text), return_tensors="pt")
+    expected = backbone.model.generate(**inputs, max_new_tokens=12, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+    q = backbone.embed_query(image, text)
+    embeds = torch.cat([q.prefix, q.body])[None]
+    got = backbone.model.generate(
+        inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+        max_new_tokens=12, do_sample=False,
+    )[0]
+    assert got.tolist() == expected.tolist()
+    assert q.image_tokens == 16
+    assert q.prefix.shape[0] == 1  # BOS goes before the demonstrations
+
+
+def test_demonstration_keeps_one_hidden_state_per_text_token(backbone: Backbone):
+    image = decode_png(png_b64("red"))
+    text = "A red circle on a white background."
+    enc = backbone.encode_demonstration(image, text)
+    text_ids = backbone.tokenizer("\n" + text, add_special_tokens=False).input_ids
+    assert enc.hidden_states.shape == (len(text_ids), backbone.hidden_size)
+    assert enc.image_tokens == 16
+    assert enc.raw_tokens == 16 + len(text_ids)
+    # the hidden states saw the image: another image changes them
+    other = backbone.encode_demonstration(decode_png(png_b64("blue")), text)
+    assert not torch.allclose(enc.hidden_states, other.hidden_states)
+
+
+def test_encoding_is_deterministic(backbone: Backbone):
+    image = decode_png(png_b64("red"))
+    a = backbone.encode_demonstration(image, "same text").hidden_states
+    b = backbone.encode_demonstration(image, "same text").hidden_states
+    assert a.view(torch.uint8).numpy().tobytes() == b.view(torch.uint8).numpy().tobytes()
+
+
+def test_identity_projector_passes_hidden_states_through(backbone: Backbone):
+    projector = Projector.identity(backbone=backbone.name, hidden_size=backbone.hidden_size)
+    image = decode_png(png_b64("red"))
+    fused = AimEncoder(backbone, projector, dtype=torch.float32).encode_demonstration(image, "x y z")
+    assert torch.equal(fused.fused_tokens, backbone.encode_demonstration(image, "x y z").hidden_states)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_projector_checkpoint_round_trip(tmp_path: Path, kind: str):
+    p = Projector.identity(backbone="bb", hidden_size=8, kind=kind)
+    with torch.no_grad():
+        for param in p.parameters():
+            param.add_(torch.randn_like(param))
+    p.save(tmp_path / "ckpt")
+    q = Projector.load(tmp_path / "ckpt", backbone="bb", hidden_size=8)
+    x = torch.randn(5, 8)
+    assert torch.equal(p(x), q(x))
+    assert p.digest() == q.digest()
+    assert p.digest() != Projector.identity(backbone="bb", hidden_size=8, kind=kind).digest()
+
+
+def test_projector_for_another_backbone_is_refused(tmp_path: Path):
+    Projector.identity(backbone="llava-a", hidden_size=8).save(tmp_path / "ckpt")
+    with pytest.raises(ProjectorMismatchError, match="made for backbone 'llava-a', not 'llava-b'"):
+        Projector.load(tmp_path / "ckpt", backbone="llava-b", hidden_size=8)
+    with pytest.raises(ProjectorMismatchError, match="hidden size 8, the backbone has 16"):
+        Projector.load(tmp_path / "ckpt", backbone="llava-a", hidden_size=16)
+    with pytest.raises(ProjectorMismatchError, match="not a projector checkpoint"):
+        Projector.load(tmp_path, backbone="llava-a")
+
+
+def test_query_capture_does_not_disturb_generation_on_another_thread(backbone: Backbone):
+    """The engine runs the shared decoder while requests embed queries on other threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    image = decode_png(png_b64("red"))
+    q = backbone.embed_query(image, "What color?")
+    embeds = torch.cat([q.prefix, q.body])[None]
+
+    def run() -> list[int]:
+        return backbone.model.generate(
+            inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+            max_new_tokens=16, do_sample=False,
+        )[0].tolist()
+
+    expected = run()
+    with ThreadPoolExecutor(4) as pool:
+        generations = [pool.submit(run) for _ in range(4)]
+        captures = [pool.submit(backbone.embed_query, image, "What color?") for _ in range(8)]
+        assert [g.result() for g in generations] == [expected] * 4
+        assert all(torch.equal(c.result().body, q.body) for c in captures)
