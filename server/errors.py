@@ -21,6 +21,8 @@ class APIError(Exception):
     type = "invalid_request_error"
 
     def __init__(self, message: str, *, param: str | None = None, code: str = "invalid_value") -> None:
+        if param and not message.startswith(f"{param}:"):
+            message = f"{param}: {message}"  # every message names its field, wherever it was raised
         super().__init__(message)
         self.message = message
         self.param = param
