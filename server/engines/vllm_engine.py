@@ -167,7 +167,8 @@ class VllmEngine:
             max_model_len=max_model_len,
             max_num_seqs=settings.max_num_seqs,
             tensor_parallel_size=settings.tensor_parallel_size,
-            enforce_eager=settings.enforce_eager,
+            # Compilation pays off on a GPU; on CPU it doubles start-up for little gain.
+            enforce_eager=current_platform.is_cpu() if settings.enforce_eager is None else settings.enforce_eager,
             enable_prefix_caching=settings.enable_prefix_caching,
             gpu_memory_utilization=settings.gpu_memory_utilization,
             kv_cache_memory_bytes=kv_cache_bytes,
