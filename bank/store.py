@@ -139,7 +139,9 @@ class DemonstrationBank:
         return bool(await self.client.ping())
 
     # -- writes -----------------------------------------------------------------------------------
-    async def put_many(self, items: Sequence[NewDemonstration], *, set_name: str | None = None) -> list[PutResult]:
+    async def put_many(
+        self, items: Sequence[NewDemonstration], *, set_name: str | None = None
+    ) -> list[PutResult]:
         """Store all items and append them to ``set_name``, atomically. Existing ids are left as they are."""
         now = time.time()
         args: list[Any] = [self.prefix, set_name or "", len(items)]

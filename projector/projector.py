@@ -28,7 +28,9 @@ class ProjectorMismatchError(ValueError):
 class ProjectorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["linear", "mlp"] = Field("linear", description="linear: Linear(d, d); mlp: x + W2·gelu(W1·x)")
+    kind: Literal["linear", "mlp"] = Field(
+        "linear", description="linear: Linear(d, d); mlp: x + W2·gelu(W1·x)"
+    )
     hidden_size: int = Field(gt=0)
     layer: int = Field(-1, description="which backbone hidden-state layer feeds the projector")
     backbone: str = Field(description="name of the backbone the projector was made for")
@@ -76,13 +78,17 @@ class Projector(nn.Module):
         return out_dir
 
     @classmethod
-    def load(cls, checkpoint: Path, *, backbone: str | None = None, hidden_size: int | None = None) -> Projector:
+    def load(
+        cls, checkpoint: Path, *, backbone: str | None = None, hidden_size: int | None = None
+    ) -> Projector:
         """Load a checkpoint, refusing one made for another backbone."""
         checkpoint = Path(checkpoint)
         try:
             config = ProjectorConfig.model_validate_json((checkpoint / CONFIG_FILE).read_text())
         except FileNotFoundError as exc:
-            raise ProjectorMismatchError(f"{checkpoint} is not a projector checkpoint: no {CONFIG_FILE}") from exc
+            raise ProjectorMismatchError(
+                f"{checkpoint} is not a projector checkpoint: no {CONFIG_FILE}"
+            ) from exc
         except ValueError as exc:
             raise ProjectorMismatchError(f"{checkpoint / CONFIG_FILE} is invalid: {exc}") from exc
         if backbone is not None and config.backbone != backbone:
@@ -98,7 +104,8 @@ class Projector(nn.Module):
         missing, unexpected = projector.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ProjectorMismatchError(
-                f"projector weights do not match kind {config.kind!r}: missing {missing}, unexpected {unexpected}"
+                f"projector weights do not match kind {config.kind!r}: "
+                f"missing {missing}, unexpected {unexpected}"
             )
         return projector.eval()
 

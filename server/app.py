@@ -33,10 +33,15 @@ def load_encoder(settings: Settings) -> AimEncoder:
     dtype = resolve_dtype(settings)
     backbone: Backbone = load_backbone(resolve_model(settings), revision=settings.model_revision, dtype=dtype)
     if settings.projector is not None:
-        projector = Projector.load(settings.projector, backbone=backbone.name, hidden_size=backbone.hidden_size)
+        projector = Projector.load(
+            settings.projector, backbone=backbone.name, hidden_size=backbone.hidden_size
+        )
     else:
         projector = Projector.identity(
-            backbone=backbone.name, hidden_size=backbone.hidden_size, layer=settings.layer, kind=settings.projector_kind
+            backbone=backbone.name,
+            hidden_size=backbone.hidden_size,
+            layer=settings.layer,
+            kind=settings.projector_kind,
         )
     return AimEncoder(backbone, projector, dtype=dtype)
 
@@ -63,13 +68,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with build_engine(settings, encoder.backbone) as engine:
             metrics = Metrics()
             app.state.aim = AppState(
-                settings=settings, encoder=encoder, bank=bank, redis=redis, engine=engine, metrics=metrics,
+                settings=settings,
+                encoder=encoder,
+                bank=bank,
+                redis=redis,
+                engine=engine,
+                metrics=metrics,
                 demonstrations=DemonstrationService(encoder, bank, settings, metrics),
                 generate=GenerateService(encoder, bank, engine, settings, metrics),
                 fingerprint=fp,
             )
-            log.info("ready: model %s, engine %s, bank %s (fingerprint %s)",
-                     encoder.backbone.name, engine.name, redis.description, fp)
+            log.info(
+                "ready: model %s, engine %s, bank %s (fingerprint %s)",
+                encoder.backbone.name,
+                engine.name,
+                redis.description,
+                fp,
+            )
             try:
                 yield
             finally:

@@ -20,7 +20,9 @@ TOOLS = {
 def serve(argv: list[str]) -> int:
     from server.settings import Settings
 
-    parser = argparse.ArgumentParser(prog="aim serve", description="Start the HTTP server (settings: AIM_* env).")
+    parser = argparse.ArgumentParser(
+        prog="aim serve", description="Start the HTTP server (settings: AIM_* env)."
+    )
     parser.add_argument("--host", help="interface to listen on (AIM_HOST)")
     parser.add_argument("--port", type=int, help="port (AIM_PORT)")
     parser.add_argument("--model", help="model: tiny, aim-mini, a directory or a hub id (AIM_MODEL)")
@@ -34,7 +36,9 @@ def serve(argv: list[str]) -> int:
 
     from server.app import create_app
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
     return 0
 

@@ -67,7 +67,9 @@ def install_error_handlers(app: FastAPI) -> None:
         first = exc.errors()[0]
         param = param_path(first.get("loc", ()))
         if first.get("type") == "json_invalid":
-            return envelope(400, "request body is not valid JSON", "invalid_request_error", None, "invalid_json")
+            return envelope(
+                400, "request body is not valid JSON", "invalid_request_error", None, "invalid_json"
+            )
         message = first.get("msg", "invalid value")
         if param:
             message = f"{param}: {message}"

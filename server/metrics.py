@@ -15,15 +15,27 @@ class Metrics:
         self.generate_requests = Counter(
             "aim_generate_requests", "Finished /generate requests", ["finish_reason"], registry=r
         )
-        self.prompt_tokens = Counter("aim_prompt_tokens", "Prompt tokens sent to the engine", ["kind"], registry=r)
+        self.prompt_tokens = Counter(
+            "aim_prompt_tokens", "Prompt tokens sent to the engine", ["kind"], registry=r
+        )
         self.raw_multimodal_prompt_tokens = Counter(
-            "aim_raw_multimodal_prompt_tokens", "Tokens the same prompts would cost as raw multimodal ICL", registry=r
+            "aim_raw_multimodal_prompt_tokens",
+            "Tokens the same prompts would cost as raw multimodal ICL",
+            registry=r,
         )
         self.completion_tokens = Counter("aim_completion_tokens", "Generated tokens", registry=r)
-        self.cached_tokens = Counter("aim_cached_prompt_tokens", "Prompt tokens served from prefix cache", registry=r)
+        self.cached_tokens = Counter(
+            "aim_cached_prompt_tokens", "Prompt tokens served from prefix cache", registry=r
+        )
         self.request_latency = Histogram(
-            "aim_generate_latency_seconds", "End-to-end /generate latency", registry=r,
+            "aim_generate_latency_seconds",
+            "End-to-end /generate latency",
+            registry=r,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
-        self.bank_cache_hits = Gauge("aim_bank_cache_hits", "Fused-token reads served by the in-process LRU", registry=r)
-        self.bank_cache_misses = Gauge("aim_bank_cache_misses", "Fused-token reads that went to Redis", registry=r)
+        self.bank_cache_hits = Gauge(
+            "aim_bank_cache_hits", "Fused-token reads served by the in-process LRU", registry=r
+        )
+        self.bank_cache_misses = Gauge(
+            "aim_bank_cache_misses", "Fused-token reads that went to Redis", registry=r
+        )

@@ -51,7 +51,8 @@ class Settings(BaseSettings):
     )
     tensor_parallel_size: int = Field(1, ge=1)
     enforce_eager: bool | None = Field(
-        None, description="vLLM: skip graph capture / compilation; none: eager on CPU (starts in ~20 s, not ~50 s)"
+        None,
+        description="vLLM: skip graph capture / compilation; none: eager on CPU (starts in ~20 s, not ~50 s)",
     )
     enable_prefix_caching: bool = True
     batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="transformers engine: gather window")

@@ -21,6 +21,7 @@ from server.settings import Settings
 
 EXTERNAL_REDIS_URL = os.environ.get("AIM_REDIS_URL") or None
 
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_llava(tmp_path_factory.mktemp("models") / "tiny-llava")
@@ -39,7 +40,9 @@ def clear_prefix(url: str, pattern: str = "aim:*") -> None:
     client.close()
 
 
-def make_settings(tiny_model_dir: Path, data_dir: Path, redis_url: str | None = None, **overrides) -> Settings:
+def make_settings(
+    tiny_model_dir: Path, data_dir: Path, redis_url: str | None = None, **overrides
+) -> Settings:
     values = dict(
         model=str(tiny_model_dir),
         engine="transformers",

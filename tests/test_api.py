@@ -6,7 +6,6 @@ import asyncio
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
 from bank.codec import decode_record
@@ -34,8 +33,10 @@ async def register(app: RunningApp, items: list[dict], set_name: str | None = No
 
 def greedy(backbone: Backbone, embeds: torch.Tensor, max_new_tokens: int) -> list[int]:
     out = backbone.model.generate(
-        inputs_embeds=embeds[None], attention_mask=torch.ones(1, embeds.shape[0], dtype=torch.long),
-        max_new_tokens=max_new_tokens, do_sample=False,
+        inputs_embeds=embeds[None],
+        attention_mask=torch.ones(1, embeds.shape[0], dtype=torch.long),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
     )[0].tolist()
     eos = set(backbone.eos_token_ids)
     return next((out[:i] for i, t in enumerate(out) if t in eos), out)
@@ -43,13 +44,19 @@ def greedy(backbone: Backbone, embeds: torch.Tensor, max_new_tokens: int) -> lis
 
 async def test_fused_tokens_in_redis_equal_a_fresh_recomputation(app: RunningApp, backbone: Backbone):
     ids = await register(app, [item("red"), item("blue", shape="square")])
-    encoder = AimEncoder(backbone, Projector.identity(backbone=backbone.name, hidden_size=backbone.hidden_size),
-                         dtype=torch.float32)
+    encoder = AimEncoder(
+        backbone,
+        Projector.identity(backbone=backbone.name, hidden_size=backbone.hidden_size),
+        dtype=torch.float32,
+    )
     for demo_id, color, shape in zip(ids, ["red", "blue"], ["circle", "square"], strict=True):
         blob = await app.state.bank.client.get(app.state.bank._demo_key(demo_id))
         stored = decode_record(blob).fused_tokens
         fresh = encoder.encode_demonstration(decode_png(png_b64(color, shape=shape)), item(color)["text"])
-        assert stored.view(torch.uint8).numpy().tobytes() == fresh.fused_tokens.view(torch.uint8).numpy().tobytes()
+        assert (
+            stored.view(torch.uint8).numpy().tobytes()
+            == fresh.fused_tokens.view(torch.uint8).numpy().tobytes()
+        )
 
 
 async def test_registering_twice_is_a_no_op(app: RunningApp):
@@ -77,8 +84,12 @@ async def test_few_shot_generate_equals_direct_computation(app: RunningApp, back
     fused = sum(rec.num_fused_tokens for rec in records)
     raw = sum(rec.raw_tokens for rec in records)
     assert body["usage"] == {
-        "prompt_tokens": fused + q.num_tokens, "fused_tokens": fused, "query_tokens": q.num_tokens,
-        "completion_tokens": len(expected), "raw_multimodal_prompt_tokens": q.num_tokens + raw, "cached_tokens": 0,
+        "prompt_tokens": fused + q.num_tokens,
+        "fused_tokens": fused,
+        "query_tokens": q.num_tokens,
+        "completion_tokens": len(expected),
+        "raw_multimodal_prompt_tokens": q.num_tokens + raw,
+        "cached_tokens": 0,
     }
     # each demonstration would have cost its 16 image tokens on top of its text
     assert body["usage"]["raw_multimodal_prompt_tokens"] - body["usage"]["prompt_tokens"] == 3 * 16
@@ -86,9 +97,13 @@ async def test_few_shot_generate_equals_direct_computation(app: RunningApp, back
 
 async def test_zero_shot_generate_equals_the_mllms_own_generate(app: RunningApp, backbone: Backbone):
     image_b64, text = png_b64("yellow", (90, 70), "square"), "What is in the image?"
-    r = await app.client.post("/generate", json={"query": {"image": image_b64, "text": text}, "max_tokens": 10})
+    r = await app.client.post(
+        "/generate", json={"query": {"image": image_b64, "text": text}, "max_tokens": 10}
+    )
     inputs = backbone.processor(images=decode_png(image_b64), text=f"<image>\n{text}", return_tensors="pt")
-    out = backbone.model.generate(**inputs, max_new_tokens=10, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+    out = backbone.model.generate(**inputs, max_new_tokens=10, do_sample=False)[
+        0, inputs["input_ids"].shape[1] :
+    ]
     assert r.json()["text"] == backbone.tokenizer.decode(out, skip_special_tokens=True)
     assert r.json()["usage"]["query_tokens"] == inputs["input_ids"].shape[1]
 
@@ -96,8 +111,11 @@ async def test_zero_shot_generate_equals_the_mllms_own_generate(app: RunningApp,
 async def test_concurrent_requests_are_batched_and_equal_solo_requests(app: RunningApp):
     ids = await register(app, [item(c) for c in COLORS[:2]])
     requests = [
-        {"query": {"image": png_b64(c), "text": f"Describe the {c} picture."}, "max_tokens": 6 + i,
-         "demonstrations": {"ids": ids[: i % 3]}}
+        {
+            "query": {"image": png_b64(c), "text": f"Describe the {c} picture."},
+            "max_tokens": 6 + i,
+            "demonstrations": {"ids": ids[: i % 3]},
+        }
         for i, c in enumerate(COLORS)
     ]
     solo = [(await app.client.post("/generate", json=body)).json()["text"] for body in requests]
@@ -142,7 +160,9 @@ async def test_health_ready_metrics_and_openapi(app: RunningApp):
     metrics = (await app.client.get("/metrics")).text
     assert "aim_generate_requests_total" in metrics and "aim_prompt_tokens_total" in metrics
     paths = (await app.client.get("/openapi.json")).json()["paths"]
-    assert {"/demonstrations", "/demonstrations/{demonstration_id}", "/sets/{name}", "/generate"} <= set(paths)
+    assert {"/demonstrations", "/demonstrations/{demonstration_id}", "/sets/{name}", "/generate"} <= set(
+        paths
+    )
     assert (await app.client.get("/docs")).status_code == 200
 
 
@@ -153,14 +173,20 @@ async def test_restart_keeps_demonstrations_and_another_projector_never_sees_the
     settings = make_settings(tiny_model_dir, tmp_path, redis_url)
     async for a in start_app(settings):
         ids = await register(a, [item("red"), item("blue")], set_name="persist")
-        before = (await a.client.post("/generate", json={
-            "query": {"text": "Colour?"}, "demonstrations": {"set": "persist"}, "max_tokens": 5})).json()
+        before = (
+            await a.client.post(
+                "/generate",
+                json={"query": {"text": "Colour?"}, "demonstrations": {"set": "persist"}, "max_tokens": 5},
+            )
+        ).json()
 
     other = Projector.identity(backbone=backbone.name, hidden_size=backbone.hidden_size)
     with torch.no_grad():
         other.linear.weight.mul_(0.5)
     other.save(tmp_path / "other-projector")
-    async for b in start_app(make_settings(tiny_model_dir, tmp_path, redis_url, projector=tmp_path / "other-projector")):
+    async for b in start_app(
+        make_settings(tiny_model_dir, tmp_path, redis_url, projector=tmp_path / "other-projector")
+    ):
         assert (await b.client.get(f"/demonstrations/{ids[0]}")).status_code == 404
         assert (await b.client.get("/sets/persist")).status_code == 404
         r = await b.client.post("/generate", json={"query": {"text": "x"}, "demonstrations": {"ids": ids}})
@@ -169,6 +195,10 @@ async def test_restart_keeps_demonstrations_and_another_projector_never_sees_the
 
     async for a in start_app(settings):
         assert (await a.client.get("/sets/persist")).json()["ids"] == ids
-        after = (await a.client.post("/generate", json={
-            "query": {"text": "Colour?"}, "demonstrations": {"set": "persist"}, "max_tokens": 5})).json()
+        after = (
+            await a.client.post(
+                "/generate",
+                json={"query": {"text": "Colour?"}, "demonstrations": {"set": "persist"}, "max_tokens": 5},
+            )
+        ).json()
         assert (after["text"], after["usage"]) == (before["text"], before["usage"])

@@ -15,13 +15,19 @@ def test_query_embedding_reproduces_the_models_own_generate(backbone: Backbone):
     """Zero-shot: our spliced embeddings give exactly what LLaVA's generate gives from pixels."""
     image = decode_png(png_b64("green", (80, 60), "square"))
     text = "What shape is in the image?"
-    inputs = backbone.processor(images=image, text=backbone.templates.query.format(text=text), return_tensors="pt")
-    expected = backbone.model.generate(**inputs, max_new_tokens=12, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+    inputs = backbone.processor(
+        images=image, text=backbone.templates.query.format(text=text), return_tensors="pt"
+    )
+    expected = backbone.model.generate(**inputs, max_new_tokens=12, do_sample=False)[
+        0, inputs["input_ids"].shape[1] :
+    ]
     q = backbone.embed_query(image, text)
     embeds = torch.cat([q.prefix, q.body])[None]
     got = backbone.model.generate(
-        inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
-        max_new_tokens=12, do_sample=False,
+        inputs_embeds=embeds,
+        attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+        max_new_tokens=12,
+        do_sample=False,
     )[0]
     assert got.tolist() == expected.tolist()
     assert q.image_tokens == 16
@@ -89,8 +95,10 @@ def test_query_capture_does_not_disturb_generation_on_another_thread(backbone: B
 
     def run() -> list[int]:
         return backbone.model.generate(
-            inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
-            max_new_tokens=16, do_sample=False,
+            inputs_embeds=embeds,
+            attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+            max_new_tokens=16,
+            do_sample=False,
         )[0].tolist()
 
     expected = run()

@@ -13,8 +13,13 @@ from tests.conftest import RunningApp, make_settings, start_app
 from tests.helpers import png_b64
 
 LIMITS = dict(
-    max_image_bytes=3000, max_items_per_request=2, max_text_chars=60, max_metadata_bytes=64,
-    max_model_len=40, max_demonstrations=3, max_tokens_limit=32,
+    max_image_bytes=3000,
+    max_items_per_request=2,
+    max_text_chars=60,
+    max_metadata_bytes=64,
+    max_model_len=40,
+    max_demonstrations=3,
+    max_tokens_limit=32,
 )
 
 
@@ -32,11 +37,23 @@ NOT_AN_IMAGE = base64.b64encode(b"GIF89a but not really an image at all").decode
 async def limited(tiny_model_dir, tmp_path_factory):
     settings = make_settings(tiny_model_dir, tmp_path_factory.mktemp("limited"), **LIMITS)
     async for running in start_app(settings):
-        r = await running.client.post("/demonstrations", json={"set": "three", "items": [
-            {"image": png_b64(c), "text": f"Q: What colour is it? A: {c}"} for c in ("red", "blue")]})
+        r = await running.client.post(
+            "/demonstrations",
+            json={
+                "set": "three",
+                "items": [
+                    {"image": png_b64(c), "text": f"Q: What colour is it? A: {c}"} for c in ("red", "blue")
+                ],
+            },
+        )
         assert r.status_code == 200
-        r = await running.client.post("/demonstrations", json={"set": "three", "items": [
-            {"image": png_b64("green"), "text": "Q: What colour is it? A: green"}]})
+        r = await running.client.post(
+            "/demonstrations",
+            json={
+                "set": "three",
+                "items": [{"image": png_b64("green"), "text": "Q: What colour is it? A: green"}],
+            },
+        )
         assert r.status_code == 200
         yield running
 
@@ -57,8 +74,12 @@ def assert_error(r, status: int, param: str | None, code: str) -> None:
 REGISTER_CASES = [
     ({"items": [{"image": "!!not base64!!", "text": "x"}]}, 400, "items[0].image", "invalid_base64"),
     ({"items": [{"image": NOT_AN_IMAGE, "text": "x"}]}, 400, "items[0].image", "invalid_image"),
-    ({"items": [{"image": "data:text/plain;base64," + GOOD["image"], "text": "x"}]}, 400, "items[0].image",
-     "invalid_image"),
+    (
+        {"items": [{"image": "data:text/plain;base64," + GOOD["image"], "text": "x"}]},
+        400,
+        "items[0].image",
+        "invalid_image",
+    ),
     ({"items": [{"image": noise_png_b64(), "text": "x"}]}, 413, "items[0].image", "image_too_large"),
     ({"items": [{"image": GOOD["image"], "text": "   "}]}, 400, "items[0].text", "empty_text"),
     ({"items": [{"image": GOOD["image"], "text": "x" * 61}]}, 400, "items[0].text", "text_too_long"),
@@ -70,8 +91,15 @@ REGISTER_CASES = [
     ({"items": []}, 400, "items", "invalid_value"),
     ({"set": "no spaces allowed", "items": [GOOD]}, 400, "set", "invalid_value"),
     # the first item is fine, the second is not: neither is written
-    ({"set": "partial", "items": [{"image": png_b64("pink"), "text": "ok"}, {"image": NOT_AN_IMAGE, "text": "x"}]},
-     400, "items[1].image", "invalid_image"),
+    (
+        {
+            "set": "partial",
+            "items": [{"image": png_b64("pink"), "text": "ok"}, {"image": NOT_AN_IMAGE, "text": "x"}],
+        },
+        400,
+        "items[1].image",
+        "invalid_image",
+    ),
 ]
 
 
@@ -83,7 +111,9 @@ async def test_bad_registration_is_refused_and_writes_nothing(limited: RunningAp
 
 
 async def test_malformed_json_body(limited: RunningApp):
-    r = await limited.client.post("/demonstrations", content=b"{not json", headers={"content-type": "application/json"})
+    r = await limited.client.post(
+        "/demonstrations", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert_error(r, 400, None, "invalid_json")
 
 
@@ -118,8 +148,9 @@ async def test_bad_generate_request_is_refused(limited: RunningApp, overrides, s
 
 async def test_the_limits_leave_room_for_a_good_request(limited: RunningApp):
     """The cases above fail for their stated reason, not because nothing fits."""
-    r = await limited.client.post("/generate", json={"query": QUERY, "demonstrations": {"set": "three", "k": 1},
-                                                     "max_tokens": 4})
+    r = await limited.client.post(
+        "/generate", json={"query": QUERY, "demonstrations": {"set": "three", "k": 1}, "max_tokens": 4}
+    )
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["prompt_tokens"] + 4 <= 40
 

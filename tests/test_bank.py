@@ -21,8 +21,12 @@ HIDDEN = 16
 def demo(i: int, dtype=torch.float32) -> NewDemonstration:
     g = torch.Generator().manual_seed(i)
     return NewDemonstration(
-        id=f"{i:032x}", fused_tokens=torch.randn(3 + i, HIDDEN, generator=g).to(dtype), text=f"text {i}",
-        metadata={"i": i}, image_tokens=16, raw_tokens=20 + i,
+        id=f"{i:032x}",
+        fused_tokens=torch.randn(3 + i, HIDDEN, generator=g).to(dtype),
+        text=f"text {i}",
+        metadata={"i": i},
+        image_tokens=16,
+        raw_tokens=20 + i,
     )
 
 
@@ -41,7 +45,10 @@ def bank(connection) -> DemonstrationBank:
 async def test_round_trip_is_byte_identical(bank):
     items = [demo(1), demo(2, torch.bfloat16)]
     results = await bank.put_many(items)
-    assert [(r.id, r.fused_tokens, r.created) for r in results] == [(items[0].id, 4, True), (items[1].id, 5, True)]
+    assert [(r.id, r.fused_tokens, r.created) for r in results] == [
+        (items[0].id, 4, True),
+        (items[1].id, 5, True),
+    ]
     bank._cache.clear()  # read from Redis, not the LRU
     got = await bank.get_many([items[1].id, items[0].id])
     for record, item in zip(got, [items[1], items[0]], strict=True):
@@ -49,7 +56,11 @@ async def test_round_trip_is_byte_identical(bank):
         assert record.fused_tokens.view(torch.uint8).numpy().tobytes() == (
             item.fused_tokens.view(torch.uint8).numpy().tobytes()
         )
-        assert (record.text, record.metadata, record.raw_tokens) == (item.text, item.metadata, item.raw_tokens)
+        assert (record.text, record.metadata, record.raw_tokens) == (
+            item.text,
+            item.metadata,
+            item.raw_tokens,
+        )
 
 
 async def test_registering_twice_creates_nothing_new(bank):

@@ -12,8 +12,13 @@ from bank.ids import demonstration_id
 
 def record(t: torch.Tensor) -> DemonstrationRecord:
     return DemonstrationRecord(
-        id="a" * 32, fused_tokens=t, text="Q: what? A: ünïcode ✓", metadata={"k": [1, 2]},
-        created_at=1.5, image_tokens=16, raw_tokens=21,
+        id="a" * 32,
+        fused_tokens=t,
+        text="Q: what? A: ünïcode ✓",
+        metadata={"k": [1, 2]},
+        created_at=1.5,
+        image_tokens=16,
+        raw_tokens=21,
     )
 
 
@@ -24,7 +29,11 @@ def test_round_trip_is_byte_identical(dtype):
     assert back.fused_tokens.dtype == dtype
     assert back.fused_tokens.view(torch.uint8).numpy().tobytes() == t.view(torch.uint8).numpy().tobytes()
     assert (back.text, back.metadata, back.created_at, back.image_tokens, back.raw_tokens) == (
-        "Q: what? A: ünïcode ✓", {"k": [1, 2]}, 1.5, 16, 21,
+        "Q: what? A: ünïcode ✓",
+        {"k": [1, 2]},
+        1.5,
+        16,
+        21,
     )
 
 
@@ -50,7 +59,9 @@ def test_unknown_format_version_is_refused():
         decode_record(blob)
 
 
-@pytest.mark.parametrize("blob", [b"", b"\x00" * 4, struct.pack("<Q", 1 << 40) + b"{}", struct.pack("<Q", 2) + b"[]"])
+@pytest.mark.parametrize(
+    "blob", [b"", b"\x00" * 4, struct.pack("<Q", 1 << 40) + b"{}", struct.pack("<Q", 2) + b"[]"]
+)
 def test_malformed_bytes_are_refused(blob):
     with pytest.raises(CodecError):
         decode_record(blob)
@@ -62,7 +73,8 @@ def test_hidden_size_mismatch_is_refused():
 
 
 @pytest.mark.parametrize(
-    "bad", [torch.ones(3, 8, dtype=torch.int64), torch.ones(8), torch.ones(0, 8), torch.tensor([[float("nan")]])]
+    "bad",
+    [torch.ones(3, 8, dtype=torch.int64), torch.ones(8), torch.ones(0, 8), torch.tensor([[float("nan")]])],
 )
 def test_bad_tensors_are_not_encoded(bad):
     with pytest.raises(CodecError):

@@ -47,8 +47,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subp
         "PYTHONUNBUFFERED": "1",
     }
     log = open(work / "server.log", "w")  # noqa: SIM115 - closed in teardown
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], cwd=work, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve"], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
@@ -61,7 +62,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subp
             pass
         if time.monotonic() > deadline:
             proc.kill()
-            pytest.fail(f"server not ready in {START_TIMEOUT_S}s:\n{(work / 'server.log').read_text()[-4000:]}")
+            pytest.fail(
+                f"server not ready in {START_TIMEOUT_S}s:\n{(work / 'server.log').read_text()[-4000:]}"
+            )
         time.sleep(1)
     yield base, proc, work / "server.log"
     if proc.poll() is None:
@@ -77,19 +80,28 @@ def test_readme_flow_on_real_photos(server):
         expected_engine = "vllm" if _vllm_installed() else "transformers"
         assert ready["engine"] == expected_engine and ready["model"].startswith("tiny-llava")
 
-        r = client.post("/demonstrations", json={"set": "photos", "items": [
-            {"image": photo("cat.jpg"), "text": "Q: What is in the picture? A: a cat"},
-            {"image": photo("coffee.jpg"), "text": "Q: What is in the picture? A: a cup of coffee"},
-            {"image": photo("rocket.jpg"), "text": "Q: What is in the picture? A: a rocket"},
-        ]})
+        r = client.post(
+            "/demonstrations",
+            json={
+                "set": "photos",
+                "items": [
+                    {"image": photo("cat.jpg"), "text": "Q: What is in the picture? A: a cat"},
+                    {"image": photo("coffee.jpg"), "text": "Q: What is in the picture? A: a cup of coffee"},
+                    {"image": photo("rocket.jpg"), "text": "Q: What is in the picture? A: a rocket"},
+                ],
+            },
+        )
         assert r.status_code == 200, r.text
         items = r.json()["items"]
         assert [i["created"] for i in items] == [True, True, True]
         ids = [i["id"] for i in items]
         assert client.get("/sets/photos").json() == {"name": "photos", "ids": ids, "size": 3}
 
-        body = {"query": {"image": photo("astronaut.jpg"), "text": "Q: What is in the picture? A:"},
-                "demonstrations": {"set": "photos", "k": 3}, "max_tokens": 8}
+        body = {
+            "query": {"image": photo("astronaut.jpg"), "text": "Q: What is in the picture? A:"},
+            "demonstrations": {"set": "photos", "k": 3},
+            "max_tokens": 8,
+        }
         first = client.post("/generate", json=body).json()
         usage = first["usage"]
         fused = sum(client.get(f"/demonstrations/{i}").json()["fused_tokens"] for i in ids)
@@ -107,7 +119,7 @@ def test_readme_flow_on_real_photos(server):
         assert events[-1] == "data: [DONE]"
 
         metrics = client.get("/metrics").text
-        assert 'aim_generate_requests_total{finish_reason=' in metrics
+        assert "aim_generate_requests_total{finish_reason=" in metrics
 
 
 def test_sigterm_shuts_down_cleanly(server):

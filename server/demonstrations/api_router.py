@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.deps import DemonstrationServiceDep
 from server.demonstrations.protocol import (
     Demonstration,
     DemonstrationDeleted,
@@ -11,6 +10,7 @@ from server.demonstrations.protocol import (
     RegisterResponse,
     SetDeleted,
 )
+from server.deps import DemonstrationServiceDep
 
 router = APIRouter(tags=["demonstrations"])
 
@@ -27,7 +27,9 @@ async def get_demonstration(demonstration_id: str, service: DemonstrationService
 
 
 @router.delete("/demonstrations/{demonstration_id}", response_model=DemonstrationDeleted)
-async def delete_demonstration(demonstration_id: str, service: DemonstrationServiceDep) -> DemonstrationDeleted:
+async def delete_demonstration(
+    demonstration_id: str, service: DemonstrationServiceDep
+) -> DemonstrationDeleted:
     """Delete it and remove it from every set."""
     return await service.delete(demonstration_id)
 

@@ -8,7 +8,13 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from bank import DemonstrationBank, NewDemonstration, UnknownDemonstrationError, UnknownSetError, demonstration_id
+from bank import (
+    DemonstrationBank,
+    NewDemonstration,
+    UnknownDemonstrationError,
+    UnknownSetError,
+    demonstration_id,
+)
 from projector.encoder import AimEncoder
 from server.demonstrations.protocol import (
     Demonstration,
@@ -35,13 +41,15 @@ class _Checked:
 
 def check_text(text: str, *, param: str, max_chars: int) -> None:
     if not text.strip():
-        raise APIError(f"{param}: must not be empty", param=param, code="empty_text")
+        raise APIError("must not be empty", param=param, code="empty_text")
     if len(text) > max_chars:
-        raise APIError(f"{param}: longer than the limit of {max_chars} characters", param=param, code="text_too_long")
+        raise APIError(f"longer than the limit of {max_chars} characters", param=param, code="text_too_long")
 
 
 class DemonstrationService:
-    def __init__(self, encoder: AimEncoder, bank: DemonstrationBank, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, encoder: AimEncoder, bank: DemonstrationBank, settings: Settings, metrics: Metrics
+    ) -> None:
         self.encoder = encoder
         self.bank = bank
         self.settings = settings
@@ -51,8 +59,9 @@ class DemonstrationService:
         s = self.settings
         if len(request.items) > s.max_items_per_request:
             raise APIError(
-                f"items: {len(request.items)} items, more than the limit of {s.max_items_per_request}",
-                param="items", code="too_many_items",
+                f"{len(request.items)} items, more than the limit of {s.max_items_per_request}",
+                param="items",
+                code="too_many_items",
             )
         checked = []
         for i, item in enumerate(request.items):
@@ -60,11 +69,15 @@ class DemonstrationService:
             metadata = item.metadata or {}
             if len(json.dumps(metadata, separators=(",", ":"))) > s.max_metadata_bytes:
                 raise PayloadTooLargeError(
-                    f"items[{i}].metadata: larger than the limit of {s.max_metadata_bytes} bytes as JSON",
-                    param=f"items[{i}].metadata", code="metadata_too_large",
+                    f"larger than the limit of {s.max_metadata_bytes} bytes as JSON",
+                    param=f"items[{i}].metadata",
+                    code="metadata_too_large",
                 )
             data, image = decode_image_field(
-                item.image, param=f"items[{i}].image", max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels
+                item.image,
+                param=f"items[{i}].image",
+                max_bytes=s.max_image_bytes,
+                max_pixels=s.max_image_pixels,
             )
             checked.append(_Checked(demonstration_id(data, item.text), image, item.text, metadata))
         return checked
@@ -78,19 +91,27 @@ class DemonstrationService:
         for c in unique.values():
             if c.id in stored:
                 r = stored[c.id]
-                new[c.id] = NewDemonstration(c.id, r.fused_tokens, r.text, r.metadata, r.image_tokens, r.raw_tokens)
+                new[c.id] = NewDemonstration(
+                    c.id, r.fused_tokens, r.text, r.metadata, r.image_tokens, r.raw_tokens
+                )
                 continue
             fused = await asyncio.to_thread(self.encoder.encode_demonstration, c.image, c.text)
             new[c.id] = NewDemonstration(
-                id=c.id, fused_tokens=fused.fused_tokens, text=c.text, metadata=c.metadata,
-                image_tokens=fused.image_tokens, raw_tokens=fused.raw_tokens,
+                id=c.id,
+                fused_tokens=fused.fused_tokens,
+                text=c.text,
+                metadata=c.metadata,
+                image_tokens=fused.image_tokens,
+                raw_tokens=fused.raw_tokens,
             )
         results = {r.id: r for r in await self.bank.put_many(list(new.values()), set_name=request.set)}
         self.metrics.demonstrations_registered.inc(sum(r.created for r in results.values()))
         items, seen = [], set()
         for c in checked:  # one answer per item, in request order; a repeat within the request is not new
             r = results[c.id]
-            items.append(RegisteredItem(id=c.id, fused_tokens=r.fused_tokens, created=r.created and c.id not in seen))
+            items.append(
+                RegisteredItem(id=c.id, fused_tokens=r.fused_tokens, created=r.created and c.id not in seen)
+            )
             seen.add(c.id)
         return RegisterResponse(set=request.set, items=items)
 
@@ -100,8 +121,13 @@ class DemonstrationService:
         except UnknownDemonstrationError:
             raise _unknown_demonstration(demonstration_id, "id") from None
         return Demonstration(
-            id=record.id, text=record.text, metadata=record.metadata, fused_tokens=record.num_fused_tokens,
-            image_tokens=record.image_tokens, raw_tokens=record.raw_tokens, created_at=record.created_at,
+            id=record.id,
+            text=record.text,
+            metadata=record.metadata,
+            fused_tokens=record.num_fused_tokens,
+            image_tokens=record.image_tokens,
+            raw_tokens=record.raw_tokens,
+            created_at=record.created_at,
             sets=await self.bank.sets_of(demonstration_id),
         )
 
@@ -124,7 +150,9 @@ class DemonstrationService:
 
 
 def _unknown_demonstration(demonstration_id: str, param: str) -> NotFoundError:
-    return NotFoundError(f"demonstration {demonstration_id!r} does not exist", param=param, code="demonstration_not_found")
+    return NotFoundError(
+        f"demonstration {demonstration_id!r} does not exist", param=param, code="demonstration_not_found"
+    )
 
 
 def unknown_set(name: str, param: str) -> NotFoundError:

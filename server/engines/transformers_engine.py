@@ -49,7 +49,9 @@ class TransformersEngine:
         eos = model.generation_config.eos_token_id
         eos = tokenizer.eos_token_id if eos is None else eos
         self.eos_token_ids = {eos} if isinstance(eos, int) else set(eos)
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_token_ids)
+        self.pad_token_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_token_ids)
+        )
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._inflight: dict[str, _Request] = {}
         self._worker: asyncio.Task | None = None
@@ -163,7 +165,9 @@ class TransformersEngine:
             tokens = tokens[: options.max_tokens]
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         text, stopped = apply_stop(text, options.stop)
-        return EngineOutput(text=text, token_ids=tokens, finished=True, finish_reason="stop" if stopped else reason)
+        return EngineOutput(
+            text=text, token_ids=tokens, finished=True, finish_reason="stop" if stopped else reason
+        )
 
 
 def _group(requests) -> list[list[_Request]]:

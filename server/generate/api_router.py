@@ -19,7 +19,9 @@ async def _events(service: GenerateService, prepared: PreparedRequest) -> AsyncI
 
 
 @router.post("/generate", response_model=GenerateResponse)
-async def generate(body: GenerateRequest, service: GenerateServiceDep) -> GenerateResponse | StreamingResponse:
+async def generate(
+    body: GenerateRequest, service: GenerateServiceDep
+) -> GenerateResponse | StreamingResponse:
     """Answer a few-shot query over cached fused tokens. With ``stream: true``, server-sent events."""
     prepared = await service.prepare(body)  # every 4xx happens here, before any byte is streamed
     if body.stream:

@@ -14,7 +14,7 @@ from bank import DemonstrationBank, UnknownDemonstrationError, UnknownSetError
 from bank.codec import DemonstrationRecord
 from projector.encoder import AimEncoder
 from server.demonstrations.serving import check_text, unknown_set
-from server.engines.base import Engine, EngineOutput, SamplingOptions
+from server.engines.base import Engine, EngineError, EngineOutput, SamplingOptions
 from server.errors import APIError, NotFoundError
 from server.generate.protocol import GenerateChunk, GenerateRequest, GenerateResponse, Usage
 from server.media import decode_image_field
@@ -34,7 +34,12 @@ class PreparedRequest:
 
 class GenerateService:
     def __init__(
-        self, encoder: AimEncoder, bank: DemonstrationBank, engine: Engine, settings: Settings, metrics: Metrics
+        self,
+        encoder: AimEncoder,
+        bank: DemonstrationBank,
+        engine: Engine,
+        settings: Settings,
+        metrics: Metrics,
     ) -> None:
         self.encoder = encoder
         self.bank = bank
@@ -54,8 +59,9 @@ class GenerateService:
             if selection.k is not None:
                 if selection.k > len(ids):
                     raise APIError(
-                        f"demonstrations.k: set {selection.set!r} has {len(ids)} demonstrations, fewer than k={selection.k}",
-                        param="demonstrations.k", code="k_exceeds_set",
+                        f"set {selection.set!r} has {len(ids)} demonstrations, fewer than k={selection.k}",
+                        param="demonstrations.k",
+                        code="k_exceeds_set",
                     )
                 ids = ids[: selection.k]
             param = "demonstrations.k" if selection.k is not None else "demonstrations.set"
@@ -64,8 +70,9 @@ class GenerateService:
             param = "demonstrations.ids"
         if len(ids) > self.settings.max_demonstrations:
             raise APIError(
-                f"{param}: {len(ids)} demonstrations, more than the limit of {self.settings.max_demonstrations}",
-                param=param, code="too_many_demonstrations",
+                f"{len(ids)} demonstrations, more than the limit of {self.settings.max_demonstrations}",
+                param=param,
+                code="too_many_demonstrations",
             )
         try:
             return await self.bank.get_many(ids)
@@ -81,13 +88,17 @@ class GenerateService:
         check_text(request.query.text, param="query.text", max_chars=s.max_text_chars)
         if request.max_tokens > s.max_tokens_limit:
             raise APIError(
-                f"max_tokens: {request.max_tokens} is more than the limit of {s.max_tokens_limit}",
-                param="max_tokens", code="max_tokens_too_large",
+                f"{request.max_tokens} is more than the limit of {s.max_tokens_limit}",
+                param="max_tokens",
+                code="max_tokens_too_large",
             )
         image = None
         if request.query.image is not None:
             _, image = decode_image_field(
-                request.query.image, param="query.image", max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels
+                request.query.image,
+                param="query.image",
+                max_bytes=s.max_image_bytes,
+                max_pixels=s.max_image_pixels,
             )
         demonstrations = await self._demonstrations(request)
         query = await asyncio.to_thread(self.encoder.embed_query, image, request.query.text)
@@ -95,15 +106,18 @@ class GenerateService:
         limit = self.engine.max_model_len
         if cost.prompt_tokens >= limit:
             raise APIError(
-                f"the prompt has {cost.prompt_tokens} tokens ({cost.fused_tokens} fused + {cost.query_tokens} query), "
-                f"the model's context is {limit}: use fewer demonstrations or a shorter query",
-                param="demonstrations" if demonstrations else "query.text", code="context_length_exceeded",
+                f"the prompt has {cost.prompt_tokens} tokens ({cost.fused_tokens} fused + "
+                f"{cost.query_tokens} query), the model's context is {limit}: use fewer demonstrations "
+                "or a shorter query",
+                param="demonstrations" if demonstrations else "query.text",
+                code="context_length_exceeded",
             )
         if cost.prompt_tokens + request.max_tokens > limit:
             raise APIError(
-                f"max_tokens: prompt ({cost.prompt_tokens}) + max_tokens ({request.max_tokens}) exceeds the "
+                f"prompt ({cost.prompt_tokens}) + max_tokens ({request.max_tokens}) exceeds the "
                 f"model's context of {limit}",
-                param="max_tokens", code="context_length_exceeded",
+                param="max_tokens",
+                code="context_length_exceeded",
             )
         stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
         return PreparedRequest(
@@ -112,16 +126,22 @@ class GenerateService:
             cost=cost,
             demonstration_ids=[d.id for d in demonstrations],
             options=SamplingOptions(
-                max_tokens=request.max_tokens, temperature=request.temperature, top_p=request.top_p,
-                seed=request.seed, stop=stop,
+                max_tokens=request.max_tokens,
+                temperature=request.temperature,
+                top_p=request.top_p,
+                seed=request.seed,
+                stop=stop,
             ),
         )
 
     def _usage(self, prepared: PreparedRequest, final: EngineOutput) -> Usage:
         c = prepared.cost
         return Usage(
-            prompt_tokens=c.prompt_tokens, fused_tokens=c.fused_tokens, query_tokens=c.query_tokens,
-            completion_tokens=len(final.token_ids), raw_multimodal_prompt_tokens=c.raw_multimodal_prompt_tokens,
+            prompt_tokens=c.prompt_tokens,
+            fused_tokens=c.fused_tokens,
+            query_tokens=c.query_tokens,
+            completion_tokens=len(final.token_ids),
+            raw_multimodal_prompt_tokens=c.raw_multimodal_prompt_tokens,
             cached_tokens=final.num_cached_tokens,
         )
 
@@ -138,14 +158,20 @@ class GenerateService:
     async def generate(self, prepared: PreparedRequest) -> GenerateResponse:
         started = time.perf_counter()
         final = None
-        async for final in self.engine.generate(prepared.prompt_embeds, prepared.options, prepared.request_id):
-            pass
-        assert final is not None and final.finished  # engines end every request with a finished output
+        async for output in self.engine.generate(
+            prepared.prompt_embeds, prepared.options, prepared.request_id
+        ):
+            final = output
+        if final is None or not final.finished:
+            raise EngineError(f"engine {self.engine.name} ended request {prepared.request_id} unfinished")
         usage = self._usage(prepared, final)
         self._record(prepared, usage, final.finish_reason, started)
         return GenerateResponse(
-            id=prepared.request_id, text=final.text, finish_reason=final.finish_reason,
-            demonstrations=prepared.demonstration_ids, usage=usage,
+            id=prepared.request_id,
+            text=final.text,
+            finish_reason=final.finish_reason,
+            demonstrations=prepared.demonstration_ids,
+            usage=usage,
         )
 
     async def stream(self, prepared: PreparedRequest) -> AsyncIterator[GenerateChunk]:
@@ -167,8 +193,11 @@ class GenerateService:
                 usage = self._usage(prepared, output)
                 self._record(prepared, usage, output.finish_reason, started)
                 yield GenerateChunk(
-                    id=prepared.request_id, text=delta, finish_reason=output.finish_reason,
-                    demonstrations=prepared.demonstration_ids, usage=usage,
+                    id=prepared.request_id,
+                    text=delta,
+                    finish_reason=output.finish_reason,
+                    demonstrations=prepared.demonstration_ids,
+                    usage=usage,
                 )
         finally:
             await outputs.aclose()
