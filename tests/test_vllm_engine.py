@@ -44,7 +44,9 @@ def shape_image(color: str, shape: str, size: int = 64) -> Image.Image:
     elif shape == "square":
         draw.rectangle(box, fill=color)
     else:
-        draw.polygon([(size // 2, size // 5), (size // 5, size * 4 // 5), (size * 4 // 5, size * 4 // 5)], fill=color)
+        draw.polygon(
+            [(size // 2, size // 5), (size // 5, size * 4 // 5), (size * 4 // 5, size * 4 // 5)], fill=color
+        )
     return image
 
 
@@ -106,7 +108,9 @@ def demonstrations(encoder, n: int, *, words: int = 3, offset: int = 0) -> list[
 
 def prompt(encoder, demos: list[torch.Tensor], query_index: int) -> torch.Tensor:
     color, shape = COLORS[query_index % len(COLORS)], SHAPES[(query_index + 1) % len(SHAPES)]
-    query = encoder.embed_query(shape_image(color, shape), f"Question {query_index}: what color is the {shape}?")
+    query = encoder.embed_query(
+        shape_image(color, shape), f"Question {query_index}: what color is the {shape}?"
+    )
     return torch.cat([query.prefix, *demos, query.body])
 
 
@@ -258,7 +262,9 @@ async def test_stop_strings_seed_and_length(vllm_engine, prompts, expected):
     out = await run(vllm_engine, prompts[0], SamplingOptions(max_tokens=3), "length")
     assert out.finish_reason == "length" and len(out.token_ids) == 3
     sampled = [
-        await run(vllm_engine, prompts[0], SamplingOptions(max_tokens=8, temperature=1.0, seed=7), f"seed-{i}")
+        await run(
+            vllm_engine, prompts[0], SamplingOptions(max_tokens=8, temperature=1.0, seed=7), f"seed-{i}"
+        )
         for i in range(2)
     ]
     assert sampled[0].token_ids == sampled[1].token_ids

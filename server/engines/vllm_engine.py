@@ -132,7 +132,9 @@ def _dtype_name(dtype: torch.dtype) -> str:
 class VllmEngine:
     name = "vllm"
 
-    def __init__(self, llm: AsyncLLM, *, max_model_len: int, recorder: _SchedulerRecorder, eos_token_ids) -> None:
+    def __init__(
+        self, llm: AsyncLLM, *, max_model_len: int, recorder: _SchedulerRecorder, eos_token_ids
+    ) -> None:
         self.llm = llm
         self.max_model_len = max_model_len
         self._recorder = recorder
@@ -168,7 +170,9 @@ class VllmEngine:
             max_num_seqs=settings.max_num_seqs,
             tensor_parallel_size=settings.tensor_parallel_size,
             # Compilation pays off on a GPU; on CPU it doubles start-up for little gain.
-            enforce_eager=current_platform.is_cpu() if settings.enforce_eager is None else settings.enforce_eager,
+            enforce_eager=current_platform.is_cpu()
+            if settings.enforce_eager is None
+            else settings.enforce_eager,
             enable_prefix_caching=settings.enable_prefix_caching,
             gpu_memory_utilization=settings.gpu_memory_utilization,
             kv_cache_memory_bytes=kv_cache_bytes,
