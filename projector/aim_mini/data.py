@@ -89,6 +89,14 @@ def load_split(split: str = "train") -> list[ShapeImage]:
     return out
 
 
+def load_rgb(path: Path):
+    """An image file as an RGB PIL image, file closed."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
 def describe(item: ShapeImage, rng: random.Random | None = None, template: int | None = None) -> str:
     """One description of the image: a random phrasing, or phrasing number ``template``."""
     if template is None:

@@ -132,8 +132,10 @@ class EfficientNetLite0(nn.Module):
 
 
 def map_state_dict_in_order(
-    source: "OrderedDict[str, torch.Tensor] | dict[str, torch.Tensor]", target: nn.Module, strict_tail: bool = True
-) -> "OrderedDict[str, torch.Tensor]":
+    source: OrderedDict[str, torch.Tensor] | dict[str, torch.Tensor],
+    target: nn.Module,
+    strict_tail: bool = True,
+) -> OrderedDict[str, torch.Tensor]:
     """Rename ``source`` entries onto ``target``'s state-dict keys by position, checking every shape.
 
     The package's checkpoint uses the original EfficientNet-PyTorch names (``_blocks.3._expand_conv``);
@@ -146,9 +148,11 @@ def map_state_dict_in_order(
     if len(src) != len(tgt) and (strict_tail or len(tgt) > len(src)):
         raise ValueError(f"checkpoint has {len(src)} tensors, model expects {len(tgt)}")
     mapped: OrderedDict[str, torch.Tensor] = OrderedDict()
-    for (sk, sv), (tk, tv) in zip(src, tgt):
+    for (sk, sv), (tk, tv) in zip(src, tgt, strict=False):  # target may lack the classifier
         if tuple(sv.shape) != tuple(tv.shape):
-            raise ValueError(f"shape mismatch: checkpoint {sk} {tuple(sv.shape)} vs model {tk} {tuple(tv.shape)}")
+            raise ValueError(
+                f"shape mismatch: checkpoint {sk} {tuple(sv.shape)} vs model {tk} {tuple(tv.shape)}"
+            )
         mapped[tk] = sv
     return mapped
 

@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 as a transformers vision tower, so aim-mini is a plain ``LlavaForConditionalGeneration``.
+"""EfficientNet-Lite0 as a transformers vision tower: aim-mini is a plain ``LlavaForConditionalGeneration``.
 
 Llava builds its tower with ``AutoModel.from_config(config.vision_config)`` and reads
 ``vision_tower(pixel_values, output_hidden_states=True, return_dict=True).hidden_states[layer]``.
@@ -116,4 +116,6 @@ class AimEfficientNetLiteVisionModel(AimEfficientNetLitePreTrainedModel):
         hidden_states = tuple(hidden) if hidden is not None else None
         if return_dict is False:
             return tuple(v for v in (last, pooled, hidden_states) if v is not None)
-        return BaseModelOutputWithPooling(last_hidden_state=last, pooler_output=pooled, hidden_states=hidden_states)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=last, pooler_output=pooled, hidden_states=hidden_states
+        )

