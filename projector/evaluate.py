@@ -150,6 +150,12 @@ def run(args: argparse.Namespace) -> dict:
         layer = projectors["aim"].config.layer if "aim" in projectors else -1
         projectors["aim-identity"] = Projector.identity(backbone=backbone.name, hidden_size=backbone.hidden_size,
                                                         layer=layer)  # fmt: skip
+    for spec in args.also:
+        name, _, path = spec.partition("=")
+        if not name or not path:
+            raise SystemExit(f"--also NAME=CKPT expected, got {spec!r}")
+        projectors[f"aim:{name}"] = Projector.load(Path(path), backbone=backbone.name, hidden_size=backbone.hidden_size)
+        settings.append(f"aim:{name}")
     for p in projectors.values():
         p.to(backbone.device).eval()
 
@@ -259,7 +265,7 @@ def markdown_table(summary: dict) -> str:
     head = ["setting", "k", "accuracy", *[f"acc. {t}" for t in types], "prompt tokens", "latency (ms)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for r in summary["results"]:
-        cells = [LABELS[r["setting"]], str(r["k"]), f"{r['accuracy']:.3f}",
+        cells = [LABELS.get(r["setting"], f"AIM ({r['setting'][4:]})"), str(r["k"]), f"{r['accuracy']:.3f}",
                  *[f"{r['by_type'].get(t, float('nan')):.3f}" for t in types],
                  f"{r['prompt_tokens']:.1f}", f"{r['latency_ms']:.0f}"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
@@ -281,22 +287,25 @@ def plot(summary: dict, path: Path) -> None:
     rows = summary["results"]
     zero = next((r for r in rows if r["setting"] == "zero-shot"), None)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for setting in SETTINGS[1:]:
+    for setting in dict.fromkeys(r["setting"] for r in rows if r["setting"] != "zero-shot"):
         pts = sorted((r["k"], r["accuracy"], r["prompt_tokens"]) for r in rows if r["setting"] == setting)
         if not pts:
             continue
         if zero is not None:
             pts = [(0, zero["accuracy"], zero["prompt_tokens"]), *pts]
         ks, acc, tok = zip(*pts, strict=True)
-        ax1.plot(ks, acc, marker="o", label=LABELS[setting])
-        ax2.plot(ks, tok, marker="o", label=LABELS[setting])
+        label = LABELS.get(setting, f"AIM ({setting[4:]})")
+        ax1.plot(ks, acc, marker="o", label=label)
+        ax2.plot(ks, tok, marker="o", label=label)
     if zero is not None:
         ax1.axhline(zero["accuracy"], color="gray", linestyle="--", label="zero-shot")
     ax1.axhline(summary["majority_accuracy"], color="lightgray", linestyle=":", label="majority answer")
     ax1.set_xlabel("demonstrations (k)")
     ax1.set_ylabel("accuracy (normalised exact match)")
     ax1.set_title(f"{summary['benchmark']} ({summary['n_test']} test questions)")
-    ax1.legend(fontsize=8)
+    top = max([summary["majority_accuracy"], *[r["accuracy"] for r in rows]])
+    ax1.set_ylim(-0.02, min(1.05, top + 0.25))
+    ax1.legend(fontsize=8, loc="upper left", ncol=2)
     ax2.set_xlabel("demonstrations (k)")
     ax2.set_ylabel("mean prompt tokens")
     ax2.set_title(f"prompt length, backbone {summary['backbone']}")
@@ -313,6 +322,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="aim eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="backbone: a LLaVA-family directory or hub id, 'tiny', 'aim-mini'")
     p.add_argument("--projector", type=Path, default=None, help="trained projector checkpoint (for 'aim')")
+    p.add_argument("--also", action="append", default=[], metavar="NAME=CKPT",
+                   help="evaluate another projector checkpoint as setting 'aim:NAME' (repeatable)")
     p.add_argument("--benchmark", default="easy-vqa", choices=["easy-vqa"])
     p.add_argument("--n-test", type=int, default=200)
     p.add_argument("--pool", type=int, default=64, help="training-split questions the demonstrations come from")

@@ -179,7 +179,7 @@ def heldout_loss(episodes: list[Episode], projector: Projector, cache: FeatureCa
 
 
 # -- initialisation -------------------------------------------------------------------------------
-def lstsq_init(projector: Projector, episodes: list[Episode], cache: FeatureCache, *, ridge: float = 1e-2,
+def lstsq_init(projector: Projector, episodes: list[Episode], cache: FeatureCache, *, ridge: float = 0.1,
                max_items: int = 2000) -> int:  # fmt: skip
     """Set a linear projector to the ridge-regression map from a demonstration's hidden states to the
     input embeddings of the same text tokens: fused tokens then start out close to the text itself
@@ -306,6 +306,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--init", choices=["identity", "lstsq"], default="identity",
                    help="identity (the design's default) or a ridge fit of hidden states to the same tokens' "
                         "input embeddings (linear only)")  # fmt: skip
+    p.add_argument("--ridge", type=float, default=0.1, help="--init lstsq: ridge strength, relative to the mean "
+                   "diagonal of the hidden states' Gram matrix")
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -366,7 +368,7 @@ def train(args: argparse.Namespace) -> dict:
         step, best = int(info["step"]), float(info["best_heldout"])
         log.info("resumed at step %d (best held-out %.4f)", step, best)
     elif args.init == "lstsq":
-        rows = lstsq_init(projector, train_eps, cache)
+        rows = lstsq_init(projector, train_eps, cache, ridge=args.ridge)
         log.info("least-squares initialisation from %d token rows", rows)
     else:
         log_path.unlink(missing_ok=True)
