@@ -79,6 +79,7 @@ class Backbone:
         name: str,
         revision: str | None = None,
         templates: Templates | None = None,
+        recipe: dict[str, Any] | None = None,
     ) -> None:
         model_type = getattr(model.config, "model_type", None)
         if model_type not in SUPPORTED_MODEL_TYPES:
@@ -91,6 +92,7 @@ class Backbone:
         self.name = name
         self.revision = revision
         self.templates = templates or Templates()
+        self.recipe = recipe or {}  # how a locally built model was made (weights hashes included)
         self.image_token_id: int = int(model.config.image_token_id)
         text_config = model.config.get_text_config()
         self.hidden_size: int = int(text_config.hidden_size)
@@ -128,6 +130,7 @@ class Backbone:
             "revision": self.revision,
             "config_sha256": hashlib.sha256(config_json.encode()).hexdigest(),
             "templates": [self.templates.demonstration, self.templates.query, self.templates.text_query],
+            "recipe": self.recipe,
         }
 
     # -- the two AIM operations -----------------------------------------------------------------
@@ -313,4 +316,4 @@ def load_backbone(
             text_query=recipe.get("text_query_template", DEFAULT_TEXT_QUERY_TEMPLATE),
         )
     name = recipe.get("name") or (local.name if local.is_dir() else source)
-    return Backbone(mllm, processor, name=name, revision=revision, templates=templates)
+    return Backbone(mllm, processor, name=name, revision=revision, templates=templates, recipe=recipe)

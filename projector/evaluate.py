@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from projector.backbone import Backbone, load_backbone
+from projector.backbone import Backbone, Templates, load_backbone
 from projector.data import demo_text, first_line, load_image
 from projector.metrics import exact_match, load_easy_vqa
 from projector.projector import Projector
@@ -133,9 +133,10 @@ def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    from projector.train import resolve_model
+    from projector.models import resolve_model
 
-    backbone = load_backbone(resolve_model(args.model, args.model_cache), device=device)
+    templates = Templates() if args.plain_templates else None  # None: the model's own (aim_recipe.json)
+    backbone = load_backbone(resolve_model(args.model, args.model_cache), device=device, templates=templates)
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]
     bad = [s for s in settings if s not in SETTINGS]
     if bad:
@@ -334,6 +335,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--plain-templates",
+        action="store_true",
+        help="wrap demonstrations and queries as '<image>\\n{text}' instead of the model's own templates",
+    )
     p.add_argument("--model-cache", type=Path, default=Path.home() / ".cache" / "aim-serve" / "models")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -140,6 +141,7 @@ def ensure_tiny_llava(cache_dir: Path, *, seed: int = 0) -> Path:
     out_dir = Path(cache_dir) / f"tiny-llava-v{RECIPE_VERSION}-seed{seed}"
     if not (out_dir / "aim_recipe.json").exists():
         tmp = out_dir.with_name(out_dir.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a build that was killed
         build_tiny_llava(tmp, seed=seed)
         tmp.rename(out_dir)  # a crash mid-build never leaves a half model in the cache
     return out_dir

@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from projector.backbone import Backbone, load_backbone
+from projector.backbone import Backbone, Templates, load_backbone
+from projector.models import resolve_model
 from projector.data import (
     Episode,
     Pair,
@@ -243,21 +244,6 @@ def load_sources(specs: list[str], *, seed: int, max_shots: int) -> list[Episode
     return episodes
 
 
-def resolve_model(model: str, cache_dir: Path) -> Path:
-    if model == "tiny":
-        from projector.tiny import ensure_tiny_llava
-
-        return ensure_tiny_llava(cache_dir)
-    if model == "aim-mini":
-        from projector.aim_mini import build
-
-        ensure = getattr(build, "ensure_aim_mini", None)
-        if ensure is None:
-            raise SystemExit("this checkout cannot build aim-mini: pass its directory to --model")
-        return Path(ensure(cache_dir))
-    return Path(model)
-
-
 # -- training state (no pickle) -------------------------------------------------------------------
 def save_state(out: Path, step: int, best: float, optimizer: torch.optim.Optimizer, extra: dict) -> None:
     tensors = {}
@@ -323,6 +309,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--cache-dir", type=Path, default=None, help="keep backbone features on disk here")
+    p.add_argument(
+        "--plain-templates",
+        action="store_true",
+        help="wrap demonstrations and queries as '<image>\\n{text}' instead of the model's own templates",
+    )
     p.add_argument("--model-cache", type=Path, default=Path.home() / ".cache" / "aim-serve" / "models")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
@@ -337,7 +328,8 @@ def train(args: argparse.Namespace) -> dict:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    backbone = load_backbone(resolve_model(args.model, args.model_cache), device=device)
+    templates = Templates() if args.plain_templates else None  # None: the model's own (aim_recipe.json)
+    backbone = load_backbone(resolve_model(args.model, args.model_cache), device=device, templates=templates)
     episodes = load_sources(args.data, seed=args.seed, max_shots=args.max_shots)
     if len(episodes) < 10:
         raise SystemExit(f"only {len(episodes)} episodes: need at least 10")

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from bank import DemonstrationBank, fingerprint, open_redis
 from projector.backbone import Backbone, load_backbone
 from projector.encoder import AimEncoder
+from projector.models import SHIPPED_PROJECTORS
 from projector.projector import Projector
 from server.demonstrations.api_router import router as demonstrations_router
 from server.demonstrations.serving import DemonstrationService
@@ -32,9 +33,10 @@ def load_encoder(settings: Settings) -> AimEncoder:
     """The frozen backbone and the projector, checked against each other."""
     dtype = resolve_dtype(settings)
     backbone: Backbone = load_backbone(resolve_model(settings), revision=settings.model_revision, dtype=dtype)
-    if settings.projector is not None:
+    checkpoint = settings.projector or SHIPPED_PROJECTORS.get(settings.model)
+    if checkpoint is not None:
         projector = Projector.load(
-            settings.projector, backbone=backbone.name, hidden_size=backbone.hidden_size
+            checkpoint, backbone=backbone.name, hidden_size=backbone.hidden_size
         )
     else:
         projector = Projector.identity(

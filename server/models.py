@@ -6,9 +6,8 @@ from pathlib import Path
 
 import torch
 
+from projector import models
 from server.settings import Settings
-
-BUILT_IN = ("tiny", "aim-mini")
 
 
 def resolve_dtype(settings: Settings) -> torch.dtype:
@@ -18,14 +17,4 @@ def resolve_dtype(settings: Settings) -> torch.dtype:
 
 
 def resolve_model(settings: Settings) -> str:
-    """A model directory or hub id; the built-in names are built into the cache on first use."""
-    models = Path(settings.cache_dir) / "models"
-    if settings.model == "tiny":
-        from projector.tiny import ensure_tiny_llava
-
-        return str(ensure_tiny_llava(models))
-    if settings.model == "aim-mini":
-        from projector.aim_mini.build import ensure_aim_mini
-
-        return str(ensure_aim_mini(models))
-    return settings.model
+    return models.resolve_model(settings.model, Path(settings.cache_dir) / "models")

@@ -21,12 +21,14 @@ class Settings(BaseSettings):
 
     # -- model --------------------------------------------------------------------------------------
     model: str = Field(
-        "tiny",
-        description="'tiny' (random LLaVA built locally), 'aim-mini' (real small MLLM built from "
-        "installed packages), a model directory, or a hub id",
+        "aim-mini",
+        description="'aim-mini' (real small MLLM built from installed packages), 'tiny' (random LLaVA "
+        "built locally, for tests), a model directory, or a hub id",
     )
     model_revision: str | None = Field(None, description="hub revision of the model")
-    projector: Path | None = Field(None, description="projector checkpoint dir; none: identity projector")
+    projector: Path | None = Field(
+        None, description="projector checkpoint dir; none: the shipped one for aim-mini, else identity"
+    )
     projector_kind: Literal["linear", "mlp"] = Field("linear", description="kind of the identity projector")
     layer: int = Field(-1, description="hidden-state layer read by the identity projector")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(

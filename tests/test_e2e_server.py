@@ -1,4 +1,4 @@
-"""End to end: ``aim serve`` as a process on the default engine (vLLM when installed), over HTTP.
+"""End to end: ``aim serve`` as a process on the defaults (aim-mini; vLLM when installed), over HTTP.
 
 This is the README's first command, driven as a new user would: real photos in, few-shot answers
 with consistent usage out, and a clean shutdown on SIGTERM.
@@ -78,7 +78,7 @@ def test_readme_flow_on_real_photos(server):
         assert client.get("/health").json() == {"status": "ok"}
         ready = client.get("/ready").json()
         expected_engine = "vllm" if _vllm_installed() else "transformers"
-        assert ready["engine"] == expected_engine and ready["model"].startswith("tiny-llava")
+        assert ready["engine"] == expected_engine and ready["model"] == "aim-mini"
 
         r = client.post(
             "/demonstrations",

@@ -10,13 +10,17 @@ load once ``projector.aim_mini`` has been imported (it registers the vision towe
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from projector.backbone import RECIPE_FILE
 
 from . import DEFAULT_CONNECTOR
 from .modeling import AimEfficientNetLiteConfig
@@ -50,6 +54,13 @@ CHAT_TEMPLATE = (
     "{{ '<|im_end|>' + '\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+# One user turn of CHAT_TEMPLATE with the generation prompt, written out; {content} is the turn.
+QUERY_CHAT_TEMPLATE = (
+    "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+    "<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n"
 )
 
 
@@ -232,7 +243,36 @@ def build_aim_mini(
         "note": "import projector.aim_mini before loading: it registers the vision tower with transformers",
     }
     (out_dir / "aim_mini.json").write_text(json.dumps(info, indent=2) + "\n")
+    # What the backbone adapter reads: the name projectors are made for, and the connector's hash so
+    # that fused tokens from another connector get another bank fingerprint.
+    recipe = {
+        "name": "aim-mini",
+        "recipe_version": 1,
+        "dtype": info["dtype"],
+        # Demonstrations are read as plain "<image>\n{text}"; queries go in SmolLM2's chat format,
+        # which is how the connector learned to talk about images (zero-shot answers need it).
+        "demonstration_template": "<image>\n{text}",
+        "query_template": QUERY_CHAT_TEMPLATE.format(content="<image>\n{text}"),
+        "text_query_template": QUERY_CHAT_TEMPLATE.format(content="{text}"),
+    }
+    if connector is not None:
+        recipe["connector_sha256"] = hashlib.sha256(Path(connector).read_bytes()).hexdigest()
+    else:
+        recipe["connector"] = f"random (seed {seed})"
+    (out_dir / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
     log.info("built aim-mini in %s (%.1f s)", out_dir, time.time() - t0)
+    return out_dir
+
+
+def ensure_aim_mini(models_dir: Path) -> Path:
+    """The aim-mini directory for the shipped connector, built into ``models_dir`` on first use."""
+    digest = hashlib.sha256(DEFAULT_CONNECTOR.read_bytes()).hexdigest()[:12]
+    out_dir = Path(models_dir) / f"aim-mini-{digest}"
+    if not (out_dir / RECIPE_FILE).exists():
+        partial = out_dir.with_name(out_dir.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)  # left by a build that was killed
+        build_aim_mini(partial)
+        partial.rename(out_dir)  # the recipe file appears only in a complete directory
     return out_dir
 
 
