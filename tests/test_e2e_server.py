@@ -43,7 +43,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subp
         "AIM_PORT": str(port),
         "AIM_DATA_DIR": str(work / "data"),
         "AIM_CACHE_DIR": str(work / "cache"),
-        "AIM_KV_CACHE_MEMORY_BYTES": str(256 * 1024 * 1024),
+        "AIM_KV_CACHE_MEMORY_BYTES": str(256 * 1024 * 1024),  # holds one 4096-token aim-mini request
+        "AIM_MAX_MODEL_LEN": "4096",
         "PYTHONUNBUFFERED": "1",
     }
     log = open(work / "server.log", "w")  # noqa: SIM115 - closed in teardown
