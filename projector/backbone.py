@@ -142,7 +142,9 @@ class Backbone:
         return {k: v.to(self.device) for k, v in batch.items()}
 
     @torch.inference_mode()
-    def encode_demonstration(self, image: Image.Image, text: str, *, layer: int = -1) -> DemonstrationEncoding:
+    def encode_demonstration(
+        self, image: Image.Image, text: str, *, layer: int = -1
+    ) -> DemonstrationEncoding:
         """Hidden states of layer ``layer`` at the demonstration's text positions."""
         return self._encode_demonstration(image, text, layer)
 

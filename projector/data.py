@@ -178,8 +178,13 @@ def read_episodes_jsonl(path: Path) -> list[Episode]:
             query = _pair(obj.get("query"), base, where)
             if "answer" not in obj:
                 raise DataError(f"{where}: an episode needs an 'answer'")
-            episodes.append(Episode(tuple(Pair(d.image, demo_text("", d.text), base) for d in demos),
-                                    query, str(obj["answer"])))
+            episodes.append(
+                Episode(
+                    tuple(Pair(d.image, demo_text("", d.text), base) for d in demos),
+                    query,
+                    str(obj["answer"]),
+                )
+            )
         elif "episode" in obj:
             eid = str(obj["episode"])
             if eid not in groups:
@@ -198,7 +203,9 @@ def read_episodes_jsonl(path: Path) -> list[Episode]:
         else:
             answer, query = query.text, Pair(query.image, "", base)
         pairs = tuple(_pair(r, base, f"{path}:{m}") for m, r in demos)
-        episodes.append(Episode(tuple(Pair(p.image, demo_text("", p.text), base) for p in pairs), query, answer))
+        episodes.append(
+            Episode(tuple(Pair(p.image, demo_text("", p.text), base) for p in pairs), query, answer)
+        )
     return episodes
 
 
@@ -281,8 +288,11 @@ def document_episodes(
             demos = pairs[max(0, i - max_shots) : i]
             q = pairs[i]
             episodes.append(
-                Episode(tuple(Pair(d.image, demo_text("", d.text), d.base_dir) for d in demos),
-                        Pair(q.image, "", q.base_dir), q.text)
+                Episode(
+                    tuple(Pair(d.image, demo_text("", d.text), d.base_dir) for d in demos),
+                    Pair(q.image, "", q.base_dir),
+                    q.text,
+                )
             )
     return episodes
 
@@ -343,8 +353,10 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
     elif shape == "triangle":
         draw.polygon([(cx, cy - r), (cx + r, cy + r * 0.8), (cx - r, cy + r * 0.8)], fill=fill)
     elif shape == "hexagon":
-        draw.polygon([(cx + r * math.cos(a * math.pi / 3), cy + r * math.sin(a * math.pi / 3)) for a in range(6)],
-                     fill=fill)
+        draw.polygon(
+            [(cx + r * math.cos(a * math.pi / 3), cy + r * math.sin(a * math.pi / 3)) for a in range(6)],
+            fill=fill,
+        )
     elif shape == "star":
         pts = []
         for i in range(10):
@@ -413,9 +425,14 @@ def _fashion_tasks(label: int, rng: random.Random) -> dict[str, tuple[str, str]]
     return {
         "fashion-caption": ("Caption:", f"A black and white photo of {article} {name}."),
         "fashion-name": ("Q: What is this item? A:", name),
-        "fashion-kind": ("Question: Is this footwear, a top, a bottom, a dress or a bag? Answer:",
-                         FASHION_KIND[label]),
-        "fashion-yesno": (f"Question: Is this {other_article} {other_name}? Answer:", "yes" if other == label else "no"),
+        "fashion-kind": (
+            "Question: Is this footwear, a top, a bottom, a dress or a bag? Answer:",
+            FASHION_KIND[label],
+        ),
+        "fashion-yesno": (
+            f"Question: Is this {other_article} {other_name}? Answer:",
+            "yes" if other == label else "no",
+        ),
     }
 
 
@@ -447,7 +464,9 @@ def generic_episodes(
         except FileNotFoundError:
             items = []
         if items:
-            pools.append([(im.convert("RGB").resize((112, 112), Image.BICUBIC), label) for im, label in items])
+            pools.append(
+                [(im.convert("RGB").resize((112, 112), Image.BICUBIC), label) for im, label in items]
+            )
     episodes = []
     for _ in range(n_episodes):
         pool = rng.choice(pools)
@@ -460,7 +479,9 @@ def generic_episodes(
         pairs = []
         for idx in chosen:
             image, meta = pool[idx]
-            t = (_scene_tasks(meta, item_rng) if isinstance(meta, Scene) else _fashion_tasks(meta, item_rng))[task]
+            t = (_scene_tasks(meta, item_rng) if isinstance(meta, Scene) else _fashion_tasks(meta, item_rng))[
+                task
+            ]
             pairs.append((image, t))
         demos = tuple(Pair(im, demo_text(p, a)) for im, (p, a) in pairs[:-1])
         q_image, (q_prompt, q_answer) = pairs[-1]

@@ -146,7 +146,9 @@ def run(args: argparse.Namespace) -> dict:
     if "aim" in settings:
         if args.projector is None:
             raise SystemExit("setting 'aim' needs --projector")
-        projectors["aim"] = Projector.load(args.projector, backbone=backbone.name, hidden_size=backbone.hidden_size)
+        projectors["aim"] = Projector.load(
+            args.projector, backbone=backbone.name, hidden_size=backbone.hidden_size
+        )
     if "aim-identity" in settings:
         layer = projectors["aim"].config.layer if "aim" in projectors else -1
         projectors["aim-identity"] = Projector.identity(backbone=backbone.name, hidden_size=backbone.hidden_size,
@@ -155,7 +157,9 @@ def run(args: argparse.Namespace) -> dict:
         name, _, path = spec.partition("=")
         if not name or not path:
             raise SystemExit(f"--also NAME=CKPT expected, got {spec!r}")
-        projectors[f"aim:{name}"] = Projector.load(Path(path), backbone=backbone.name, hidden_size=backbone.hidden_size)
+        projectors[f"aim:{name}"] = Projector.load(
+            Path(path), backbone=backbone.name, hidden_size=backbone.hidden_size
+        )
         settings.append(f"aim:{name}")
     for p in projectors.values():
         p.to(backbone.device).eval()
@@ -166,7 +170,9 @@ def run(args: argparse.Namespace) -> dict:
     tests = rng.sample(test_all, min(args.n_test, len(test_all)))
     pool = rng.sample(train_all, min(args.pool, len(train_all)))
     max_k = max(shots)
-    demo_idx = [random.Random(args.seed * 100_003 + i).sample(range(len(pool)), max_k) for i in range(len(tests))]
+    demo_idx = [
+        random.Random(args.seed * 100_003 + i).sample(range(len(pool)), max_k) for i in range(len(tests))
+    ]
     ev = Evaluator(backbone, max_new_tokens=args.max_new_tokens)
 
     # Fused tokens per pool item and projector: the bank's job, done before anything is timed.
@@ -178,7 +184,9 @@ def run(args: argparse.Namespace) -> dict:
             with torch.inference_mode():
                 fused[name] = [proj(ev.hidden_states(item, proj.config.layer)) for item in pool]
             encode_seconds[name] = time.perf_counter() - t0
-            log.info("%s: fused tokens for %d pool demonstrations in %.1f s", name, len(pool), encode_seconds[name])
+            log.info(
+                "%s: fused tokens for %d pool demonstrations in %.1f s", name, len(pool), encode_seconds[name]
+            )
 
     answers = [t.answer for t in tests]
     majority = max(set(answers), key=answers.count)
@@ -321,13 +329,22 @@ def plot(summary: dict, path: Path) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="aim eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="backbone: a LLaVA-family directory or hub id, 'tiny', 'aim-mini'")
+    p.add_argument(
+        "--model", required=True, help="backbone: a LLaVA-family directory or hub id, 'tiny', 'aim-mini'"
+    )
     p.add_argument("--projector", type=Path, default=None, help="trained projector checkpoint (for 'aim')")
-    p.add_argument("--also", action="append", default=[], metavar="NAME=CKPT",
-                   help="evaluate another projector checkpoint as setting 'aim:NAME' (repeatable)")
+    p.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="NAME=CKPT",
+        help="evaluate another projector checkpoint as setting 'aim:NAME' (repeatable)",
+    )
     p.add_argument("--benchmark", default="easy-vqa", choices=["easy-vqa"])
     p.add_argument("--n-test", type=int, default=200)
-    p.add_argument("--pool", type=int, default=64, help="training-split questions the demonstrations come from")
+    p.add_argument(
+        "--pool", type=int, default=64, help="training-split questions the demonstrations come from"
+    )
     p.add_argument("--shots", default="0,1,2,4,8")
     p.add_argument("--settings", default=",".join(SETTINGS))
     p.add_argument("--max-new-tokens", type=int, default=6)

@@ -42,7 +42,9 @@ _VQA_PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", 
               ",", "?", "!"]  # fmt: skip
 _VQA_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
 _VQA_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
-_VQA_NUMBERS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
+_VQA_NUMBERS = {
+    w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())
+}
 _VQA_NUMBERS["none"] = "0"
 _VQA_ARTICLES = {"a", "an", "the"}
 # The official map's common entries: apostrophe-less spellings -> the contraction.
@@ -219,7 +221,11 @@ def load_flickr30k(karpathy_json: Path, image_dir: Path, split: str | None = "te
         if split is not None and item.get("split") != split:
             continue
         captions = [s.get("raw") or " ".join(s["tokens"]) for s in item["sentences"]]
-        out.append(CaptionExample(Path(image_dir) / item["filename"], captions, str(item.get("imgid", item["filename"]))))
+        out.append(
+            CaptionExample(
+                Path(image_dir) / item["filename"], captions, str(item.get("imgid", item["filename"]))
+            )
+        )
     return out
 
 
@@ -283,7 +289,11 @@ def load_hateful_memes(jsonl: Path, root: Path | None = None) -> list[MemeExampl
             continue
         item = json.loads(line)
         label = item.get("label")
-        out.append(MemeExample(root / item["img"], item["text"], None if label is None else int(label), str(item["id"])))
+        out.append(
+            MemeExample(
+                root / item["img"], item["text"], None if label is None else int(label), str(item["id"])
+            )
+        )
     return out
 
 
@@ -316,5 +326,7 @@ def load_easy_vqa(split: str = "test", data_dir: Path | None = None) -> list[Eas
     out = []
     for question, answer, image_id in json.loads((base / "questions.json").read_text()):
         qtype = "yes/no" if answer in ("yes", "no") else "color" if answer in EASY_VQA_COLORS else "shape"
-        out.append(EasyVqaExample(base / "images" / f"{image_id}.png", question, answer, qtype, int(image_id)))
+        out.append(
+            EasyVqaExample(base / "images" / f"{image_id}.png", question, answer, qtype, int(image_id))
+        )
     return out

@@ -36,7 +36,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from projector.backbone import Backbone, Templates, load_backbone
-from projector.models import resolve_model
 from projector.data import (
     Episode,
     Pair,
@@ -46,6 +45,7 @@ from projector.data import (
     read_mmc4,
     read_obelics,
 )
+from projector.models import resolve_model
 from projector.projector import Projector, ProjectorConfig
 
 log = logging.getLogger("aim.train")
@@ -113,7 +113,9 @@ class FeatureCache:
 
     def target(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         if text not in self._target:
-            ids = torch.tensor(self.backbone.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+            ids = torch.tensor(
+                self.backbone.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long
+            )
             if ids.numel() == 0:
                 raise ValueError(f"empty target {text!r}")
             with torch.no_grad():
@@ -239,8 +241,10 @@ def load_sources(specs: list[str], *, seed: int, max_shots: int) -> list[Episode
             reader = read_mmc4 if kind == "mmc4" else read_obelics
             episodes += document_episodes(reader(Path(path), Path(image_dir)), max_shots=max_shots)
         else:
-            raise SystemExit(f"unknown --data source {spec!r}: generic[:N], scenes[:N], jsonl:PATH, "
-                             "mmc4:PATH:IMAGE_DIR, obelics:PATH:IMAGE_DIR")
+            raise SystemExit(
+                f"unknown --data source {spec!r}: generic[:N], scenes[:N], jsonl:PATH, "
+                "mmc4:PATH:IMAGE_DIR, obelics:PATH:IMAGE_DIR"
+            )
     return episodes
 
 
@@ -282,7 +286,9 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="aim train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--model", required=True, help="backbone: a LLaVA-family directory or hub id, 'tiny', 'aim-mini'")
+    p.add_argument(
+        "--model", required=True, help="backbone: a LLaVA-family directory or hub id, 'tiny', 'aim-mini'"
+    )
     p.add_argument("--data", action="append", required=True,
                    help="generic[:N] | scenes[:N] | jsonl:PATH | mmc4:PATH:IMAGE_DIR | obelics:PATH:IMAGE_DIR "
                         "(repeatable)")  # fmt: skip
@@ -292,18 +298,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--init", choices=["identity", "lstsq"], default="identity",
                    help="identity (the design's default) or a ridge fit of hidden states to the same tokens' "
                         "input embeddings (linear only)")  # fmt: skip
-    p.add_argument("--ridge", type=float, default=0.1, help="--init lstsq: ridge strength, relative to the mean "
-                   "diagonal of the hidden states' Gram matrix")
+    p.add_argument(
+        "--ridge",
+        type=float,
+        default=0.1,
+        help="--init lstsq: ridge strength, relative to the mean diagonal of the hidden states' Gram matrix",
+    )
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--max-shots", type=int, default=4, help="demonstrations per episode (generic/web sources)")
+    p.add_argument(
+        "--max-shots", type=int, default=4, help="demonstrations per episode (generic/web sources)"
+    )
     p.add_argument("--heldout", type=float, default=0.05, help="share of episodes held out (at least 8)")
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--save-every", type=int, default=50)
-    p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much training time")
+    p.add_argument(
+        "--max-minutes", type=float, default=None, help="stop (and save) after this much training time"
+    )
     p.add_argument("--resume", action="store_true", help="continue from the state in --out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
@@ -338,7 +352,13 @@ def train(args: argparse.Namespace) -> dict:
     n_held = max(8, int(len(episodes) * args.heldout))
     held = [episodes[i] for i in order[:n_held]]
     train_eps = [episodes[i] for i in order[n_held:]]
-    log.info("backbone %s on %s; %d training and %d held-out episodes", backbone.name, device, len(train_eps), n_held)
+    log.info(
+        "backbone %s on %s; %d training and %d held-out episodes",
+        backbone.name,
+        device,
+        len(train_eps),
+        n_held,
+    )
 
     cache = FeatureCache(backbone, layer=args.layer, cache_dir=args.cache_dir)
     t0 = time.time()
@@ -346,7 +366,9 @@ def train(args: argparse.Namespace) -> dict:
     t_features = time.time() - t0
     log.info("backbone features for %d episodes in %.1f s", len(episodes), t_features)
 
-    config = ProjectorConfig(kind=args.kind, hidden_size=backbone.hidden_size, layer=args.layer, backbone=backbone.name)
+    config = ProjectorConfig(
+        kind=args.kind, hidden_size=backbone.hidden_size, layer=args.layer, backbone=backbone.name
+    )
     projector = Projector(config).to(device)
     optimizer = torch.optim.AdamW(projector.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     step, best = 0, float("inf")

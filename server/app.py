@@ -35,9 +35,7 @@ def load_encoder(settings: Settings) -> AimEncoder:
     backbone: Backbone = load_backbone(resolve_model(settings), revision=settings.model_revision, dtype=dtype)
     checkpoint = settings.projector or SHIPPED_PROJECTORS.get(settings.model)
     if checkpoint is not None:
-        projector = Projector.load(
-            checkpoint, backbone=backbone.name, hidden_size=backbone.hidden_size
-        )
+        projector = Projector.load(checkpoint, backbone=backbone.name, hidden_size=backbone.hidden_size)
     else:
         projector = Projector.identity(
             backbone=backbone.name,

@@ -66,7 +66,9 @@ def test_vqa_normalisation() -> None:
 
 
 def test_vqa_accuracy_on_the_okvqa_fixture() -> None:
-    items = load_okvqa(FIXTURES / "okvqa_questions.json", FIXTURES / "okvqa_annotations.json", Path("/images"))
+    items = load_okvqa(
+        FIXTURES / "okvqa_questions.json", FIXTURES / "okvqa_annotations.json", Path("/images")
+    )
     race = items[0]
     assert vqa_accuracy("race", race.answers) == 1.0  # 6 of 10
     assert vqa_accuracy("Motocross", race.answers) == pytest.approx(0.6)  # 2 of 10
@@ -77,7 +79,9 @@ def test_vqa_accuracy_on_the_okvqa_fixture() -> None:
 def test_cider_identical_beats_disjoint() -> None:
     refs = [["a dog runs on the grass", "a brown dog running"], ["two people on a beach", "people walk at sunset"],
             ["a red car parked on a street"]]  # fmt: skip
-    same, _ = cider_d(["a dog runs on the grass", "two people on a beach", "a red car parked on a street"], refs)
+    same, _ = cider_d(
+        ["a dog runs on the grass", "two people on a beach", "a red car parked on a street"], refs
+    )
     disjoint, per_item = cider_d(["purple elephant", "purple elephant", "purple elephant"], refs)
     assert same > 1.0
     assert disjoint == 0.0 and per_item == [0.0, 0.0, 0.0]
@@ -125,13 +129,18 @@ def test_flickr30k_loader() -> None:
     assert len(test) == 1
     assert test[0].image == Path("/flickr/1007129816.jpg")
     assert test[0].captions[0].startswith("The man with pierced ears")
-    assert test[0].captions[1] == "a man with glasses is wearing a beer can crocheted hat"  # tokens when no raw
+    assert (
+        test[0].captions[1] == "a man with glasses is wearing a beer can crocheted hat"
+    )  # tokens when no raw
     assert len(load_flickr30k(FIXTURES / "flickr30k_karpathy.json", Path("/flickr"), split=None)) == 3
 
 
 def test_okvqa_loader() -> None:
     items = load_okvqa(FIXTURES / "okvqa_questions.json", FIXTURES / "okvqa_annotations.json", Path("/coco"))
-    assert [i.question_id for i in items] == ["2971475", "10025"]  # the question without annotation is dropped
+    assert [i.question_id for i in items] == [
+        "2971475",
+        "10025",
+    ]  # the question without annotation is dropped
     assert items[0].image == Path("/coco/COCO_val2014_000000297147.jpg")
     assert len(items[1].answers) == 10 and items[1].answers.count("fern") == 4
     assert items[0].meta["answer_type"] == "other"

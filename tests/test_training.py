@@ -108,7 +108,11 @@ def test_generic_episodes_are_deterministic_and_not_easy_vqa() -> None:
         assert 1 <= len(ep.demonstrations) <= 4
         texts = [d.text for d in ep.demonstrations] + [ep.query.text]
         for t in texts:  # the easy-VQA question families never appear
-            assert "what color" not in t.lower() and "what shape" not in t.lower() and "is there a" not in t.lower()
+            assert (
+                "what color" not in t.lower()
+                and "what shape" not in t.lower()
+                and "is there a" not in t.lower()
+            )
 
 
 def test_episode_embeds_label_only_the_target(backbone: Backbone, tmp_path: Path) -> None:
