@@ -280,6 +280,17 @@ def _read_recipe(model_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def model_templates(recipe: dict[str, Any], **overrides: str | None) -> Templates:
+    """The templates a model's recipe declares (or the defaults), with any non-None override applied."""
+    return Templates(
+        demonstration=overrides.get("demonstration")
+        or recipe.get("demonstration_template", DEFAULT_DEMONSTRATION_TEMPLATE),
+        query=overrides.get("query") or recipe.get("query_template", DEFAULT_QUERY_TEMPLATE),
+        text_query=overrides.get("text_query")
+        or recipe.get("text_query_template", DEFAULT_TEXT_QUERY_TEMPLATE),
+    )
+
+
 def load_backbone(
     model: str | Path,
     *,
@@ -287,11 +298,13 @@ def load_backbone(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
     templates: Templates | None = None,
+    template_overrides: dict[str, str | None] | None = None,
 ) -> Backbone:
     """Load a LLaVA-family MLLM from a local directory or a hub id.
 
     A directory may carry an ``aim_recipe.json`` naming the model and its prompt templates (the
-    models built by this project do); explicit ``templates`` win.
+    models built by this project do); explicit ``templates`` win, ``template_overrides`` replace
+    single ones.
     """
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
@@ -312,10 +325,6 @@ def load_backbone(
     mllm = AutoModelForImageTextToText.from_pretrained(source, revision=revision, dtype=dtype).to(device)
     processor = AutoProcessor.from_pretrained(source, revision=revision)
     if templates is None:
-        templates = Templates(
-            demonstration=recipe.get("demonstration_template", DEFAULT_DEMONSTRATION_TEMPLATE),
-            query=recipe.get("query_template", DEFAULT_QUERY_TEMPLATE),
-            text_query=recipe.get("text_query_template", DEFAULT_TEXT_QUERY_TEMPLATE),
-        )
+        templates = model_templates(recipe, **(template_overrides or {}))
     name = recipe.get("name") or (local.name if local.is_dir() else source)
     return Backbone(mllm, processor, name=name, revision=revision, templates=templates, recipe=recipe)

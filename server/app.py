@@ -32,7 +32,16 @@ log = logging.getLogger(__name__)
 def load_encoder(settings: Settings) -> AimEncoder:
     """The frozen backbone and the projector, checked against each other."""
     dtype = resolve_dtype(settings)
-    backbone: Backbone = load_backbone(resolve_model(settings), revision=settings.model_revision, dtype=dtype)
+    backbone: Backbone = load_backbone(
+        resolve_model(settings),
+        revision=settings.model_revision,
+        dtype=dtype,
+        template_overrides={
+            "demonstration": settings.demonstration_template,
+            "query": settings.query_template,
+            "text_query": settings.text_query_template,
+        },
+    )
     checkpoint = settings.projector or SHIPPED_PROJECTORS.get(settings.model)
     if checkpoint is not None:
         projector = Projector.load(checkpoint, backbone=backbone.name, hidden_size=backbone.hidden_size)

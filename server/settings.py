@@ -31,6 +31,13 @@ class Settings(BaseSettings):
     )
     projector_kind: Literal["linear", "mlp"] = Field("linear", description="kind of the identity projector")
     layer: int = Field(-1, description="hidden-state layer read by the identity projector")
+    demonstration_template: str | None = Field(
+        None, description="wraps a demonstration's text, '<image>' marks the image; none: the model's own"
+    )
+    query_template: str | None = Field(None, description="wraps a query with an image; none: the model's own")
+    text_query_template: str | None = Field(
+        None, description="wraps a text-only query; none: the model's own"
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="model and fused-token dtype; auto: float32 on CPU, bfloat16 on GPU"
     )
@@ -67,6 +74,13 @@ class Settings(BaseSettings):
     max_metadata_bytes: int = Field(16 * 1024, ge=2, description="JSON size of one item's metadata")
     max_demonstrations: int = Field(64, ge=0, description="demonstrations in one /generate prompt")
     max_tokens_limit: int = Field(2048, ge=1, description="largest max_tokens a request may ask for")
+
+    @field_validator("demonstration_template", "query_template", "text_query_template")
+    @classmethod
+    def _has_text_slot(cls, value: str | None) -> str | None:
+        if value is not None and "{text}" not in value:
+            raise ValueError("a template must contain {text}")
+        return value
 
     @field_validator("redis_url")
     @classmethod

@@ -6,6 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from bank.codec import decode_record
@@ -202,3 +203,25 @@ async def test_restart_keeps_demonstrations_and_another_projector_never_sees_the
             )
         ).json()
         assert (after["text"], after["usage"]) == (before["text"], before["usage"])
+
+
+async def test_query_template_setting_wraps_queries_and_changes_the_fingerprint(
+    app: RunningApp, tiny_model_dir: Path, tmp_path: Path
+):
+    body = {"query": {"text": "Is there a circle?"}, "max_tokens": 2}
+    plain = (await app.client.post("/generate", json=body)).json()["usage"]["query_tokens"]
+    template = "USER: {text} ASSISTANT:"
+    async for other in start_app(make_settings(tiny_model_dir, tmp_path, text_query_template=template)):
+        wrapped = (await other.client.post("/generate", json=body)).json()["usage"]["query_tokens"]
+        assert other.state.encoder.backbone.templates.text_query == template
+        assert other.state.fingerprint != app.state.fingerprint
+    backbone = app.state.encoder.backbone
+    extra = len(backbone.tokenizer("USER:  ASSISTANT:", add_special_tokens=False).input_ids)
+    assert wrapped > plain and wrapped - plain <= extra + 1
+
+
+def test_a_template_without_a_text_slot_is_refused(tiny_model_dir: Path, tmp_path: Path):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"must contain \{text\}"):
+        make_settings(tiny_model_dir, tmp_path, query_template="<image> no slot")
