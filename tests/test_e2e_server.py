@@ -123,6 +123,33 @@ def test_readme_flow_on_real_photos(server):
         assert "aim_generate_requests_total{finish_reason=" in metrics
 
 
+def _vllm_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def test_aim_mini_answers_a_zero_shot_question_about_an_easy_vqa_image(server):
+    """The default model is real: through the server it names the shape in easy-VQA test images."""
+    pytest.importorskip("easy_vqa")
+    from projector.aim_mini.data import load_split
+
+    base, _, _ = server
+    images = load_split("test")[:8]
+    right = 0
+    with httpx.Client(base_url=base, timeout=120) as client:
+        for item in images:
+            query = {
+                "image": base64.b64encode(item.path.read_bytes()).decode(),
+                "text": "What shape is in the image?",
+            }
+            r = client.post("/generate", json={"query": query, "max_tokens": 16})
+            assert r.status_code == 200, r.text
+            right += item.shape in r.json()["text"].lower()
+    # 87.5 % zero-shot on held-out images when the connector was trained; 2 % with a random one
+    assert right >= 5, f"{right} of {len(images)} right"
+
+
 def test_sigterm_shuts_down_cleanly(server):
     _, proc, log = server
     proc.send_signal(signal.SIGTERM)
@@ -131,9 +158,3 @@ def test_sigterm_shuts_down_cleanly(server):
     text = log.read_text()
     assert "Application shutdown complete" in text
     assert "Traceback" not in text and "Redis shutdown failed" not in text
-
-
-def _vllm_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("vllm") is not None
