@@ -57,6 +57,9 @@ CHAT_TEMPLATE = (
 )
 
 
+# Bump when what build_aim_mini writes changes: cached builds are keyed by it.
+RECIPE_VERSION = 2
+
 # One user turn of CHAT_TEMPLATE with the generation prompt, written out; {content} is the turn.
 QUERY_CHAT_TEMPLATE = (
     "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
@@ -247,7 +250,7 @@ def build_aim_mini(
     # that fused tokens from another connector get another bank fingerprint.
     recipe = {
         "name": "aim-mini",
-        "recipe_version": 1,
+        "recipe_version": RECIPE_VERSION,
         "dtype": info["dtype"],
         # Demonstrations are read as plain "<image>\n{text}"; queries go in SmolLM2's chat format,
         # which is how the connector learned to talk about images (zero-shot answers need it).
@@ -267,7 +270,7 @@ def build_aim_mini(
 def ensure_aim_mini(models_dir: Path) -> Path:
     """The aim-mini directory for the shipped connector, built into ``models_dir`` on first use."""
     digest = hashlib.sha256(DEFAULT_CONNECTOR.read_bytes()).hexdigest()[:12]
-    out_dir = Path(models_dir) / f"aim-mini-{digest}"
+    out_dir = Path(models_dir) / f"aim-mini-v{RECIPE_VERSION}-{digest}"
     if not (out_dir / RECIPE_FILE).exists():
         partial = out_dir.with_name(out_dir.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)  # left by a build that was killed
