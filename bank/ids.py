@@ -12,7 +12,3 @@ def demonstration_id(image: bytes, text: str) -> str:
     h.update(image)
     h.update(text.encode("utf-8"))
     return h.hexdigest()[:ID_HEX_CHARS]
-
-
-def is_demonstration_id(value: str) -> bool:
-    return len(value) == ID_HEX_CHARS and all(c in "0123456789abcdef" for c in value)

@@ -206,7 +206,8 @@ class DemonstrationBank:
         self.cache_hits += sum(1 for exists in still_there if exists)
         self.cache_misses += len(misses)
         if missing:
-            raise UnknownDemonstrationError([i for i in unique if i in set(missing)])
+            gone = set(missing)
+            raise UnknownDemonstrationError([i for i in unique if i in gone])  # in the order asked
         return [found[i] for i in ids]
 
     async def get(self, demonstration_id: str) -> DemonstrationRecord:

@@ -134,11 +134,11 @@ class Backbone:
         }
 
     # -- the two AIM operations -----------------------------------------------------------------
-    def _inputs(self, image: Image.Image | None, prompt: str) -> dict[str, torch.Tensor]:
-        if image is None:
-            batch = self.processor(text=prompt, return_tensors="pt")
+    def _inputs(self, images: list[Image.Image], prompt: str) -> dict[str, torch.Tensor]:
+        if images:
+            batch = self.processor(images=images, text=prompt, return_tensors="pt")
         else:
-            batch = self.processor(images=image, text=prompt, return_tensors="pt")
+            batch = self.processor(text=prompt, return_tensors="pt")
         return {k: v.to(self.device) for k, v in batch.items()}
 
     @torch.inference_mode()
@@ -160,19 +160,19 @@ class Backbone:
         return self._encode_demonstration(image, text, layer)
 
     def _encode_demonstration(self, image: Image.Image, text: str, layer: int) -> DemonstrationEncoding:
-        inputs = self._inputs(image, self.templates.demonstration.format(text=text))
+        inputs = self._inputs([image], self.templates.demonstration.format(text=text))
         ids = inputs["input_ids"][0]
         out = self.model.model(**inputs, output_hidden_states=True, use_cache=False)
         hidden = out.hidden_states[layer][0]
         is_image = ids == self.image_token_id
-        is_text = ~is_image & ~torch.isin(ids, self._special_ids.to(ids.device))
+        is_counted = ~torch.isin(ids, self._special_ids.to(ids.device))  # everything but BOS / padding
         image_tokens = int(is_image.sum())
         if image_tokens == 0:
             raise BackboneError("the demonstration template has no <image> placeholder")
         return DemonstrationEncoding(
-            hidden_states=hidden[is_text].detach().clone(),
+            hidden_states=hidden[is_counted & ~is_image].detach().clone(),
             image_tokens=image_tokens,
-            raw_tokens=int((~torch.isin(ids, self._special_ids.to(ids.device))).sum()),
+            raw_tokens=int(is_counted.sum()),
         )
 
     @torch.inference_mode()
@@ -216,11 +216,7 @@ class Backbone:
         return self._embed_prompt(images, "".join(parts))
 
     def _embed_prompt(self, images: list[Image.Image], prompt: str) -> QueryEmbedding:
-        if images:
-            batch = self.processor(images=images, text=prompt, return_tensors="pt")
-        else:
-            batch = self.processor(text=prompt, return_tensors="pt")
-        inputs = {k: v.to(self.device) for k, v in batch.items()}
+        inputs = self._inputs(images, prompt)
         ids = inputs["input_ids"][0]
         self._capturing.active = True
         try:
@@ -231,8 +227,9 @@ class Backbone:
             raise BackboneError("the decoder was never called")
         finally:
             self._capturing.active = False
+        special = set(self._special_ids.tolist())
         n_prefix = 0
-        while n_prefix < len(ids) and int(ids[n_prefix]) in self._special_ids.tolist():
+        while n_prefix < len(ids) and int(ids[n_prefix]) in special:
             n_prefix += 1
         return QueryEmbedding(
             prefix=embeds[:n_prefix],
@@ -243,11 +240,6 @@ class Backbone:
     def _capture_hook(self, _module: torch.nn.Module, _args: tuple, kwargs: dict) -> None:
         if getattr(self._capturing, "active", False):
             raise _Captured(kwargs["inputs_embeds"])
-
-    def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """Plain input embeddings of text tokens (no image)."""
-        with torch.inference_mode():
-            return self.model.get_input_embeddings()(token_ids.to(self.device)).detach().clone()
 
     # -- the decoder on its own, for engines that cannot load the full MLLM ------------------------
     def export_language_model(self, cache_dir: Path) -> Path:

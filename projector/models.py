@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-BUILT_IN = ("tiny", "aim-mini")
-
 # Projectors shipped in the repository, used when a built-in model is served without AIM_PROJECTOR.
 SHIPPED_PROJECTORS = {"aim-mini": Path(__file__).resolve().parent / "checkpoints" / "aim-mini-generic"}
 

@@ -7,7 +7,6 @@ for) and ``model.safetensors`` (the weights). No pickle.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -112,8 +111,3 @@ class Projector(nn.Module):
     @classmethod
     def identity(cls, *, backbone: str, hidden_size: int, layer: int = -1, kind: str = "linear") -> Projector:
         return cls(ProjectorConfig(kind=kind, hidden_size=hidden_size, layer=layer, backbone=backbone)).eval()
-
-
-def describe(checkpoint: Path) -> dict:
-    """The checkpoint's config as a dict, for CLIs and logs."""
-    return json.loads((Path(checkpoint) / CONFIG_FILE).read_text())
