@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from projector.backbone import Backbone, load_backbone
-from projector.tiny import build_tiny_llava
+from projector.models.tiny import build_tiny_llava
 
 IMAGE_SIZE, PATCH_SIZE = 336, 14
 NEXT_GRID = 672

@@ -39,6 +39,7 @@ from PIL import Image, ImageDraw
 from projector.backbone import Backbone, QueryEmbedding
 from projector.encoder import AimEncoder
 from projector.projector import Projector
+from projector.prompt import assemble_prompt
 from server.settings import MiB, Settings
 
 COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "teal", "pink", "brown", "gray"]
@@ -84,7 +85,7 @@ class Setting:
     def prompt(self, kind: str, k: int, q: int) -> torch.Tensor:
         demos = (self.fused if kind == "aim" else self.raw)[:k]
         query = self.queries[q]
-        return torch.cat([query.prefix, *demos, query.body]).contiguous()
+        return assemble_prompt(query, demos)
 
 
 def prepare(name: str, backbone: Backbone, image_size: int, k_max: int, n_queries: int) -> Setting:

@@ -9,7 +9,6 @@ the model's own forward pass. The adapter works for transformers' LLaVA family (
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +17,12 @@ from typing import Any
 import torch
 from PIL import Image
 
+from projector.models import register_model_types
+from projector.templates import Templates, model_templates, read_recipe
+
 # Model types whose text positions are plain 1-D positions, so prompt embeddings carry everything the
 # decoder needs. Qwen2-VL's multimodal RoPE positions do not survive the trip through prompt_embeds.
 SUPPORTED_MODEL_TYPES = ("llava", "llava_next")
-RECIPE_FILE = "aim_recipe.json"
-
-DEFAULT_DEMONSTRATION_TEMPLATE = "<image>\n{text}"
-DEFAULT_QUERY_TEMPLATE = "<image>\n{text}"
-DEFAULT_TEXT_QUERY_TEMPLATE = "{text}"
 
 
 class BackboneError(RuntimeError):
@@ -52,15 +49,6 @@ class QueryEmbedding:
     @property
     def num_tokens(self) -> int:
         return int(self.prefix.shape[0] + self.body.shape[0])
-
-
-@dataclass(frozen=True)
-class Templates:
-    """How text is wrapped before it meets the tokenizer. ``<image>`` marks where the image goes."""
-
-    demonstration: str = DEFAULT_DEMONSTRATION_TEMPLATE
-    query: str = DEFAULT_QUERY_TEMPLATE
-    text_query: str = DEFAULT_TEXT_QUERY_TEMPLATE
 
 
 class _Captured(Exception):  # noqa: N818 - control flow, not an error
@@ -101,7 +89,7 @@ class Backbone:
         # the capture hook is installed once and fires only for the thread that asked for a capture.
         self._capturing = threading.local()
         self.model.model.language_model.register_forward_pre_hook(self._capture_hook, with_kwargs=True)
-        self._special_ids = torch.tensor(
+        self.special_ids = torch.tensor(
             sorted({i for i in (self.tokenizer.bos_token_id, self.tokenizer.pad_token_id) if i is not None}),
             dtype=torch.long,
         )
@@ -141,31 +129,20 @@ class Backbone:
             batch = self.processor(text=prompt, return_tensors="pt")
         return {k: v.to(self.device) for k, v in batch.items()}
 
-    @torch.inference_mode()
     def encode_demonstration(
         self, image: Image.Image, text: str, *, layer: int = -1
     ) -> DemonstrationEncoding:
-        """Hidden states of layer ``layer`` at the demonstration's text positions."""
-        return self._encode_demonstration(image, text, layer)
+        """Hidden states of layer ``layer`` at the demonstration's text positions.
 
-    @torch.no_grad()
-    def encode_demonstration_frozen(
-        self, image: Image.Image, text: str, *, layer: int = -1
-    ) -> DemonstrationEncoding:
-        """``encode_demonstration`` under ``no_grad`` instead of ``inference_mode``.
-
-        Tensors made in inference mode cannot be saved for backward, so training (where the
-        projector's input must be an ordinary tensor) uses this variant. Same values.
+        Runs under whatever grad mode the caller chose: the server reads in inference mode, training
+        under ``no_grad`` (a tensor made in inference mode cannot be saved for backward).
         """
-        return self._encode_demonstration(image, text, layer)
-
-    def _encode_demonstration(self, image: Image.Image, text: str, layer: int) -> DemonstrationEncoding:
         inputs = self._inputs([image], self.templates.demonstration.format(text=text))
         ids = inputs["input_ids"][0]
         out = self.model.model(**inputs, output_hidden_states=True, use_cache=False)
         hidden = out.hidden_states[layer][0]
         is_image = ids == self.image_token_id
-        is_counted = ~torch.isin(ids, self._special_ids.to(ids.device))  # everything but BOS / padding
+        is_counted = ~torch.isin(ids, self.special_ids.to(ids.device))  # everything but BOS / padding
         image_tokens = int(is_image.sum())
         if image_tokens == 0:
             raise BackboneError("the demonstration template has no <image> placeholder")
@@ -175,26 +152,16 @@ class Backbone:
             raw_tokens=int(is_counted.sum()),
         )
 
-    @torch.inference_mode()
     def embed_query(self, image: Image.Image | None, text: str) -> QueryEmbedding:
         """The query's input embeddings exactly as the model's forward would compute them.
 
         The model's own forward runs until the decoder is about to start, and the ``inputs_embeds``
         it hands the decoder are taken there: the image is spliced in by the model's own code, for
-        every architecture in the family.
+        every architecture in the family. Runs under the caller's grad mode.
         """
-        return self._embed_query(image, text)
-
-    @torch.no_grad()
-    def embed_query_frozen(self, image: Image.Image | None, text: str) -> QueryEmbedding:
-        """``embed_query`` under ``no_grad`` instead of ``inference_mode`` (for training)."""
-        return self._embed_query(image, text)
-
-    def _embed_query(self, image: Image.Image | None, text: str) -> QueryEmbedding:
-        template = self.templates.query if image is not None else self.templates.text_query
+        template = self.templates.for_query(image is not None)
         return self._embed_prompt([image] if image is not None else [], template.format(text=text))
 
-    @torch.inference_mode()
     def raw_prompt_embeds(
         self,
         demonstrations: list[tuple[Image.Image, str]],
@@ -210,8 +177,7 @@ class Backbone:
         concatenated as given: put any separator (e.g. a trailing newline) in the texts.
         """
         parts = [self.templates.demonstration.format(text=t) for _, t in demonstrations]
-        query_template = self.templates.query if image is not None else self.templates.text_query
-        parts.append(query_template.format(text=text))
+        parts.append(self.templates.for_query(image is not None).format(text=text))
         images = [im for im, _ in demonstrations] + ([image] if image is not None else [])
         return self._embed_prompt(images, "".join(parts))
 
@@ -227,7 +193,7 @@ class Backbone:
             raise BackboneError("the decoder was never called")
         finally:
             self._capturing.active = False
-        special = set(self._special_ids.tolist())
+        special = set(self.special_ids.tolist())
         n_prefix = 0
         while n_prefix < len(ids) and int(ids[n_prefix]) in special:
             n_prefix += 1
@@ -240,47 +206,6 @@ class Backbone:
     def _capture_hook(self, _module: torch.nn.Module, _args: tuple, kwargs: dict) -> None:
         if getattr(self._capturing, "active", False):
             raise _Captured(kwargs["inputs_embeds"])
-
-    # -- the decoder on its own, for engines that cannot load the full MLLM ------------------------
-    def export_language_model(self, cache_dir: Path) -> Path:
-        """Save the decoder as a standalone ``*ForCausalLM`` directory, once per backbone identity."""
-        from transformers import AutoModelForCausalLM
-
-        key = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
-        out_dir = Path(cache_dir) / f"lm-{_slug(self.name)}-{key}-{str(self.dtype).removeprefix('torch.')}"
-        if (out_dir / "config.json").exists():
-            return out_dir
-        text_config = self.model.config.get_text_config()
-        with torch.device("meta"):
-            lm = AutoModelForCausalLM.from_config(text_config, dtype=self.dtype)
-        lm.model.load_state_dict(self.model.model.language_model.state_dict(), assign=True)
-        lm.lm_head.load_state_dict(self.model.lm_head.state_dict(), assign=True)
-        lm.generation_config = self.model.generation_config
-        tmp = out_dir.with_name(out_dir.name + ".partial")
-        lm.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
-        tmp.rename(out_dir)
-        return out_dir
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-")[-48:]
-
-
-def _read_recipe(model_dir: Path) -> dict[str, Any]:
-    path = model_dir / RECIPE_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def model_templates(recipe: dict[str, Any], **overrides: str | None) -> Templates:
-    """The templates a model's recipe declares (or the defaults), with any non-None override applied."""
-    return Templates(
-        demonstration=overrides.get("demonstration")
-        or recipe.get("demonstration_template", DEFAULT_DEMONSTRATION_TEMPLATE),
-        query=overrides.get("query") or recipe.get("query_template", DEFAULT_QUERY_TEMPLATE),
-        text_query=overrides.get("text_query")
-        or recipe.get("text_query_template", DEFAULT_TEXT_QUERY_TEMPLATE),
-    )
 
 
 def load_backbone(
@@ -300,11 +225,10 @@ def load_backbone(
     """
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-    import projector.aim_mini  # noqa: F401  # registers aim-mini's vision tower with transformers
-
+    register_model_types()  # a directory of a built-in model may name one of this project's classes
     source = str(model)
     local = Path(source)
-    recipe = _read_recipe(local) if local.is_dir() else {}
+    recipe = read_recipe(local) if local.is_dir() else {}
     try:
         config = AutoConfig.from_pretrained(source, revision=revision)
     except (OSError, ValueError) as exc:

@@ -9,11 +9,14 @@ import sys
 
 # Subcommands implemented by other modules' ``main(argv) -> int``; imported only when used.
 TOOLS = {
-    "build-tiny": ("projector.tiny", "build the tiny random LLaVA model into a directory"),
-    "build-mini": ("projector.aim_mini.build", "build aim-mini from the installed pretrained packages"),
-    "train-connector": ("projector.aim_mini.train_connector", "train aim-mini's vision connector"),
-    "train": ("projector.train", "train an AIM projector on a frozen backbone"),
-    "eval": ("projector.evaluate", "few-shot evaluation: zero-shot, raw ICL, AIM"),
+    "build-tiny": ("projector.models.tiny", "build the tiny random LLaVA model into a directory"),
+    "build-mini": (
+        "projector.models.aim_mini.build",
+        "build aim-mini from the installed pretrained packages",
+    ),
+    "train-connector": ("projector.models.aim_mini.train_connector", "train aim-mini's vision connector"),
+    "train": ("projector.training.trainer", "train an AIM projector on a frozen backbone"),
+    "eval": ("projector.evaluation.runner", "few-shot evaluation: zero-shot, raw ICL, AIM"),
 }
 
 

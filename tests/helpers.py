@@ -1,11 +1,25 @@
-"""Small builders shared by the tests."""
+"""Builders shared by the tests: images, settings, an app driven in-process, Redis clean-up.
+
+Fixtures live in ``conftest.py``; everything a test module imports comes from here.
+"""
 
 from __future__ import annotations
 
 import base64
 import io
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
 
+import httpx
+import redis
 from PIL import Image, ImageDraw
+
+from server.app import create_app
+from server.settings import Settings
+
+# CI points this at the local Redis so integration tests run on both deployments.
+EXTERNAL_REDIS_URL = os.environ.get("AIM_REDIS_URL") or None
 
 
 def png_bytes(color: str = "red", size: tuple[int, int] = (64, 64), shape: str = "circle") -> bytes:
@@ -28,3 +42,44 @@ def png_b64(color: str = "red", size: tuple[int, int] = (64, 64), shape: str = "
 
 def decode_png(b64: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB")
+
+
+def clear_prefix(url: str, pattern: str = "aim:*") -> None:
+    """Remove what earlier runs left in a shared Redis (only this project's keys)."""
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter(match=pattern, count=1000):
+        client.delete(key)
+    client.close()
+
+
+def make_settings(
+    tiny_model_dir: Path, data_dir: Path, redis_url: str | None = None, **overrides
+) -> Settings:
+    values = dict(
+        model=str(tiny_model_dir),
+        engine="transformers",
+        redis_url=redis_url,
+        data_dir=data_dir,
+        cache_dir=data_dir / "cache",
+        batch_wait_ms=20,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+class RunningApp:
+    def __init__(self, app, client: httpx.AsyncClient) -> None:
+        self.app = app
+        self.client = client
+
+    @property
+    def state(self):
+        return self.app.state.aim
+
+
+async def start_app(settings: Settings) -> AsyncIterator[RunningApp]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://aim.test", timeout=120) as client:
+            yield RunningApp(app, client)

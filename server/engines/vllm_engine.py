@@ -22,6 +22,7 @@ import torch
 
 from projector.backbone import Backbone
 from server.engines.base import EngineError, EngineOutput, EngineStats, SamplingOptions
+from server.engines.vllm_export import export_language_model
 from server.settings import MiB, Settings
 
 if TYPE_CHECKING:  # vLLM is optional: imported only when the engine starts
@@ -157,7 +158,7 @@ class VllmEngine:
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        model_dir = backbone.export_language_model(settings.cache_dir / "exports")
+        model_dir = export_language_model(backbone, settings.cache_dir / "exports")
         kv_cache_bytes = settings.kv_cache_memory_bytes
         if kv_cache_bytes is None and current_platform.is_cpu():
             kv_cache_bytes = CPU_DEFAULT_KV_CACHE_BYTES

@@ -13,13 +13,13 @@ import torch
 from bank import DemonstrationBank, UnknownDemonstrationError, UnknownSetError
 from bank.codec import DemonstrationRecord
 from projector.encoder import AimEncoder
+from projector.prompt import PromptCost, assemble_prompt, prompt_cost
 from server.demonstrations.serving import check_text, unknown_set
 from server.engines.base import Engine, EngineError, EngineOutput, SamplingOptions
 from server.errors import APIError, NotFoundError
 from server.generate.protocol import GenerateChunk, GenerateRequest, GenerateResponse, Usage
 from server.media import decode_image_field
 from server.metrics import Metrics
-from server.prompt import PromptCost, assemble_prompt
 from server.settings import Settings
 
 
@@ -102,7 +102,8 @@ class GenerateService:
             )
         demonstrations = await self._demonstrations(request)
         query = await asyncio.to_thread(self.encoder.embed_query, image, request.query.text)
-        prompt_embeds, cost = assemble_prompt(query, demonstrations)
+        prompt_embeds = assemble_prompt(query, [d.fused_tokens for d in demonstrations])
+        cost = prompt_cost(query, demonstrations)
         limit = self.engine.max_model_len
         if cost.prompt_tokens >= limit:
             raise APIError(

@@ -1,10 +1,10 @@
 """Assemble the aim-mini model directory from installed packages and the shipped connector.
 
-    python -m projector.aim_mini.build OUT_DIR [--connector PATH | --random-connector] [--dtype float32]
+    python -m projector.models.aim_mini.build OUT_DIR [--connector PATH | --random-connector] [--dtype float32]
 
 The result is an ordinary LLaVA checkpoint directory (config.json, model.safetensors, tokenizer and
 processor files) that ``LlavaForConditionalGeneration.from_pretrained`` / ``AutoProcessor.from_pretrained``
-load once ``projector.aim_mini`` has been imported (it registers the vision tower).
+load once ``projector.models.register_model_types()`` has run (it registers the vision tower).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from projector.backbone import RECIPE_FILE
+from projector.templates import RECIPE_FILE
 
 from . import DEFAULT_CONNECTOR
 from .modeling import AimEfficientNetLiteConfig
@@ -134,8 +134,10 @@ def assemble(
     """
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
+    from . import register
     from .efficientnet_lite import map_state_dict_in_order
 
+    register()  # LlavaConfig resolves the vision tower's config class by its model type
     pth = efficientnet_lite0_pth()  # fail early on a missing package or file
     if connector is not None and not Path(connector).is_file():
         raise FileNotFoundError(f"connector weights not found: {connector}")
@@ -243,7 +245,7 @@ def build_aim_mini(
         "connector": str(connector) if connector is not None else f"random (seed {seed})",
         "dtype": str(dtype).removeprefix("torch."),
         "num_image_tokens": NUM_IMAGE_TOKENS,
-        "note": "import projector.aim_mini before loading: it registers the vision tower with transformers",
+        "note": "call projector.models.register_model_types() before loading: it registers the vision tower",
     }
     (out_dir / "aim_mini.json").write_text(json.dumps(info, indent=2) + "\n")
     # What the backbone adapter reads: the name projectors are made for, and the connector's hash so

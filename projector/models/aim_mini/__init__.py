@@ -6,10 +6,10 @@
 - connector: Llava's own ``multi_modal_projector`` (Linear 1280->576, GELU, Linear 576->576), trained
   LLaVA-stage-1 style on easy-VQA image descriptions; weights ship in ``weights/connector.safetensors``.
 
-Importing this package registers the vision tower with transformers' Auto classes (no model is
-loaded), after which ``LlavaForConditionalGeneration.from_pretrained(dir)`` loads a directory made by
-``projector.aim_mini.build.build_aim_mini``. Anything that loads an aim-mini directory must import
-this package first.
+``register()`` registers the vision tower with transformers' Auto classes (no model is loaded), after
+which ``LlavaForConditionalGeneration.from_pretrained(dir)`` loads a directory made by
+``projector.models.aim_mini.build.build_aim_mini``. ``projector.models.register_model_types`` calls it;
+``projector.backbone.load_backbone`` calls that before loading anything.
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ def register() -> None:
     AutoConfig.register(MODEL_TYPE, AimEfficientNetLiteConfig, exist_ok=True)
     AutoModel.register(AimEfficientNetLiteConfig, AimEfficientNetLiteVisionModel, exist_ok=True)
 
-
-register()
 
 __all__ = [
     "DEFAULT_CONNECTOR",

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from projector.backbone import Backbone
-from projector.data import (
+from projector.projector import Projector, ProjectorMismatchError
+from projector.training.episodes import (
     Episode,
     Pair,
     demo_text,
@@ -22,8 +23,7 @@ from projector.data import (
     read_mmc4,
     read_obelics,
 )
-from projector.projector import Projector, ProjectorMismatchError
-from projector.train import FeatureCache, episode_embeds, parse_args, train
+from projector.training.trainer import FeatureCache, episode_embeds, parse_args, train
 from tests.helpers import png_b64, png_bytes
 
 COLORS = ["red", "blue", "green", "yellow"]
@@ -173,8 +173,8 @@ def test_resume_continues_from_the_saved_step(tiny_model_dir: Path, tmp_path: Pa
 
 @pytest.mark.skipif(importlib.util.find_spec("easy_vqa") is None, reason="needs the easy-vqa package")
 def test_evaluation_smoke(tiny_model_dir: Path, backbone: Backbone, tmp_path: Path) -> None:
-    from projector.evaluate import parse_args as eval_args
-    from projector.evaluate import run
+    from projector.evaluation.runner import parse_args as eval_args
+    from projector.evaluation.runner import run
 
     ckpt = Projector.identity(backbone=backbone.name, hidden_size=backbone.hidden_size).save(tmp_path / "p")
     summary = run(eval_args(["--model", str(tiny_model_dir), "--projector", str(ckpt), "--n-test", "3",

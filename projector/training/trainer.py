@@ -1,6 +1,6 @@
 """Train an AIM projector on a frozen backbone (``aim train``).
 
-Each training example is an episode (see ``projector.data``): the demonstrations go through the
+Each training example is an episode (see ``projector.training.episodes``): the demonstrations go through the
 frozen backbone once (no grad) and then through the projector (grad) to become fused tokens; the
 prompt is ``[query prefix] + fused tokens of each demonstration + [query body]``, followed by the
 embeddings of the target tokens; the loss is the backbone's language-model cross-entropy on the
@@ -35,8 +35,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from projector.backbone import Backbone, Templates, load_backbone
-from projector.data import (
+from projector.backbone import Backbone, QueryEmbedding, load_backbone
+from projector.models import resolve_model
+from projector.projector import Projector, ProjectorConfig
+from projector.prompt import assemble_prompt
+from projector.templates import Templates
+from projector.training.episodes import (
     Episode,
     Pair,
     document_episodes,
@@ -45,8 +49,6 @@ from projector.data import (
     read_mmc4,
     read_obelics,
 )
-from projector.models import resolve_model
-from projector.projector import Projector, ProjectorConfig
 
 log = logging.getLogger("aim.train")
 STATE_JSON = "training_state.json"
@@ -89,7 +91,8 @@ class FeatureCache:
             if path is not None and path.exists():
                 self._demo[key] = load_file(str(path))["h"]
             else:
-                enc = self.backbone.encode_demonstration_frozen(pair.load(), pair.text, layer=self.layer)
+                with torch.no_grad():  # not inference mode: the projector's input must be usable in backward
+                    enc = self.backbone.encode_demonstration(pair.load(), pair.text, layer=self.layer)
                 h = enc.hidden_states.float().cpu().contiguous()
                 if path is not None:
                     save_file({"h": h}, str(path))
@@ -104,7 +107,8 @@ class FeatureCache:
                 t = load_file(str(path))
                 self._query[key] = QueryFeatures(t["prefix"], t["body"])
             else:
-                q = self.backbone.embed_query_frozen(pair.load(), pair.text)
+                with torch.no_grad():
+                    q = self.backbone.embed_query(pair.load(), pair.text)
                 feats = QueryFeatures(q.prefix.float().cpu().contiguous(), q.body.float().cpu().contiguous())
                 if path is not None:
                     save_file({"prefix": feats.prefix, "body": feats.body}, str(path))
@@ -142,8 +146,8 @@ def episode_embeds(
     q = cache.query(ep.query)
     ids, target = cache.target(ep.target)
     fused = [projector(cache.demonstration(d).to(device)) for d in ep.demonstrations]
-    parts = [q.prefix.to(device), *fused, q.body.to(device), target.to(device)]
-    embeds = torch.cat(parts, dim=0)
+    query = QueryEmbedding(prefix=q.prefix.to(device), body=q.body.to(device), image_tokens=0)
+    embeds = torch.cat([assemble_prompt(query, fused), target.to(device)], dim=0)
     labels = torch.full((embeds.shape[0],), -100, dtype=torch.long, device=device)
     labels[-ids.numel() :] = ids.to(device)
     return embeds, labels
@@ -191,7 +195,7 @@ def lstsq_init(projector: Projector, episodes: list[Episode], cache: FeatureCach
         raise ValueError("--init lstsq needs a linear projector")
     backbone = cache.backbone
     emb = backbone.model.get_input_embeddings()
-    special = set(backbone._special_ids.tolist()) | {backbone.image_token_id}
+    special = set(backbone.special_ids.tolist()) | {backbone.image_token_id}
     hs, es, seen = [], [], set()
     for ep in episodes:
         for d in ep.demonstrations:

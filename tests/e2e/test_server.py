@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PHOTOS = REPO / "examples" / "images"
 START_TIMEOUT_S = 420
 
@@ -132,7 +132,7 @@ def _vllm_installed() -> bool:
 def test_aim_mini_answers_a_zero_shot_question_about_an_easy_vqa_image(server):
     """The default model is real: through the server it names the shape in easy-VQA test images."""
     pytest.importorskip("easy_vqa")
-    from projector.aim_mini.data import load_split
+    from projector.models.aim_mini.data import load_split
 
     base, _, _ = server
     images = load_split("test")[:8]

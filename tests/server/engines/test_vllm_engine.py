@@ -22,8 +22,8 @@ pytestmark = [
 
 from projector.backbone import load_backbone  # noqa: E402
 from projector.encoder import AimEncoder  # noqa: E402
+from projector.models.tiny import build_tiny_llava  # noqa: E402
 from projector.projector import Projector  # noqa: E402
-from projector.tiny import build_tiny_llava  # noqa: E402
 from server.engines.base import SamplingOptions  # noqa: E402
 from server.engines.transformers_engine import TransformersEngine  # noqa: E402
 from server.settings import MiB, Settings  # noqa: E402

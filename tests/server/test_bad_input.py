@@ -9,8 +9,7 @@ import os
 import pytest
 from PIL import Image
 
-from tests.conftest import RunningApp, make_settings, start_app
-from tests.helpers import png_b64
+from tests.helpers import RunningApp, make_settings, png_b64, start_app
 
 LIMITS = dict(
     max_image_bytes=3000,

@@ -36,10 +36,12 @@ from pathlib import Path
 
 import torch
 
-from projector.backbone import Backbone, Templates, load_backbone
-from projector.data import demo_text, first_line, load_image
-from projector.metrics import exact_match, load_easy_vqa
+from projector.backbone import Backbone, load_backbone
+from projector.evaluation.metrics import exact_match, load_easy_vqa
 from projector.projector import Projector
+from projector.prompt import assemble_prompt
+from projector.templates import Templates
+from projector.training.episodes import demo_text, first_line, load_image
 
 log = logging.getLogger("aim.eval")
 SETTINGS = ("zero-shot", "raw-icl", "aim", "aim-identity")
@@ -230,17 +232,16 @@ def run(args: argparse.Namespace) -> dict:
             image = ev.image(item.image)
             t0 = time.perf_counter()
             if setting == "zero-shot":
-                q = backbone.embed_query(image, item.prompt)
-                embeds = torch.cat([q.prefix, q.body])
+                embeds = assemble_prompt(backbone.embed_query(image, item.prompt), [])
             elif setting == "raw-icl":
                 q = backbone.raw_prompt_embeds(
                     [(ev.image(d.image), demo_text(d.prompt, d.answer)) for d in demos], image, item.prompt
                 )
-                embeds = torch.cat([q.prefix, q.body])
+                embeds = assemble_prompt(q, [])
             else:
                 q = backbone.embed_query(image, item.prompt)
                 parts = [fused[setting][j] for j in demo_idx[i][:k]]
-                embeds = torch.cat([q.prefix, *[p.to(q.body.dtype) for p in parts], q.body])
+                embeds = assemble_prompt(q, [p.to(q.body.dtype) for p in parts])
             text = ev.generate(embeds)
             seconds.append(time.perf_counter() - t0)
             pred = first_line(text)

@@ -13,8 +13,7 @@ from bank.codec import decode_record
 from projector.backbone import Backbone
 from projector.encoder import AimEncoder
 from projector.projector import Projector
-from tests.conftest import RunningApp, make_settings, start_app
-from tests.helpers import decode_png, png_b64
+from tests.helpers import RunningApp, decode_png, make_settings, png_b64, start_app
 
 COLORS = ["red", "blue", "green", "yellow", "purple", "orange"]
 

@@ -1,6 +1,6 @@
 """LLaVA stage-1 connector training for aim-mini on easy-VQA image descriptions.
 
-    python -m projector.aim_mini.train_connector [--out projector/aim_mini/weights/connector.safetensors]
+    python -m projector.models.aim_mini.train_connector [--out projector/models/aim_mini/weights/connector.safetensors]
 
 Both pretrained parts (EfficientNet-Lite0, SmolLM2) stay frozen; only Llava's
 ``multi_modal_projector`` trains. Each example is the chat prompt "<image>\\nDescribe the image."
@@ -273,7 +273,7 @@ def train_connector(
     save_file(state, str(out), metadata={"format": "pt"})
     record = {
         "what": "aim-mini connector (Llava multi_modal_projector: Linear 1280->576, GELU, Linear 576->576)",
-        "command": command or f"python -m projector.aim_mini.train_connector --out {out}",
+        "command": command or f"python -m projector.models.aim_mini.train_connector --out {out}",
         "recipe": "LLaVA stage 1: vision tower and decoder frozen; "
         "LM loss on description tokens + <|im_end|> only",
         "prompt": "SmolLM2 chat template, user: '<image>\\n" + DESCRIBE_PROMPT + "'",
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     from .sources import MissingPackageError
 
     argv_used = sys.argv[1:] if argv is None else argv
-    command = "python -m projector.aim_mini.train_connector " + shlex.join(argv_used)
+    command = "python -m projector.models.aim_mini.train_connector " + shlex.join(argv_used)
     try:
         rec = train_connector(
             args.out,

@@ -85,7 +85,7 @@ def zero_shot_accuracy(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m projector.aim_mini.evaluate MODEL_DIR [--n 48] [--random-connector]
+    """python -m projector.models.aim_mini.evaluate MODEL_DIR [--n 48] [--random-connector]
 
     Prints JSON: the share of answers naming the right shape/colour for "Describe the image."
     (the trained task) and for the zero-shot questions in ``QUESTIONS``."""
@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from projector.models import register_model_types
 
     from .build import reset_connector
     from .train_connector import eval_items
@@ -107,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--random-connector", action="store_true", help="replace the connector by a random one")
     p.add_argument("--show", type=int, default=4, help="answers to print per question")
     args = p.parse_args(argv)
+    register_model_types()
     model = LlavaForConditionalGeneration.from_pretrained(args.model_dir).eval()
     processor = AutoProcessor.from_pretrained(args.model_dir)
     if args.random_connector:

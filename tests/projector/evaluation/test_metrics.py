@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from projector.metrics import (
+from projector.evaluation.metrics import (
     cider_d,
     exact_match,
     load_flickr30k,
