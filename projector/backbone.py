@@ -9,6 +9,7 @@ the model's own forward pass. The adapter works for transformers' LLaVA family (
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +113,7 @@ class Backbone:
 
     def identity(self) -> dict[str, Any]:
         """What makes two backbones produce the same hidden states: the key of everything cached."""
-        config_json = self.model.config.to_json_string(use_diff=False)
+        config_json = json.dumps(_without_paths(self.model.config.to_dict()), sort_keys=True)
         return {
             "name": self.name,
             "revision": self.revision,
@@ -206,6 +207,13 @@ class Backbone:
     def _capture_hook(self, _module: torch.nn.Module, _args: tuple, kwargs: dict) -> None:
         if getattr(self._capturing, "active", False):
             raise _Captured(kwargs["inputs_embeds"])
+
+
+def _without_paths(config: dict[str, Any]) -> dict[str, Any]:
+    """The config minus where it was loaded from: the same model in another directory is the same model."""
+    return {
+        k: _without_paths(v) if isinstance(v, dict) else v for k, v in config.items() if k != "_name_or_path"
+    }
 
 
 def load_backbone(

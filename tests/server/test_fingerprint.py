@@ -3,7 +3,8 @@
 A fingerprint names every stored fused-token tensor: if a refactoring changed one by accident, every
 deployment's bank would silently go cold (and a wrong change could mix tensors of different
 projectors). A deliberate change (a new connector, a retrained projector) updates the pin here, in the
-same commit, with the reason in its message.
+same commit, with the reason in its message. Models are built under a fresh temporary cache directory
+here: the fingerprint must not depend on where a model lives.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from server.app import bank_fingerprint, load_encoder
 from server.settings import Settings
 
 PINNED = {
-    "tiny": "95dcae0630887f22",
-    "aim-mini": "1d65ca390d790286",
+    "tiny": "0951d959a1c465ea",
+    "aim-mini": "f11ba6b9fd001e38",
 }
 
 
