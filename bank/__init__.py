@@ -4,7 +4,7 @@ Nothing here knows about HTTP or the engine.
 """
 
 from bank.codec import CodecError, DemonstrationRecord, decode_record, encode_record
-from bank.connection import RedisConnection, open_redis
+from bank.connection import BANK_UNAVAILABLE_ERRORS, RedisConnection, open_redis
 from bank.fingerprint import fingerprint
 from bank.ids import demonstration_id
 from bank.store import (
@@ -17,6 +17,7 @@ from bank.store import (
 )
 
 __all__ = [
+    "BANK_UNAVAILABLE_ERRORS",
     "CodecError",
     "CorruptRecordError",
     "DemonstrationBank",

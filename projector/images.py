@@ -1,4 +1,9 @@
-"""Turn untrusted image bytes into an RGB PIL image, refusing anything that is not a sane image."""
+"""Turn untrusted image bytes into an RGB PIL image, refusing anything that is not a sane image.
+
+Two steps, so that a caller can check every image of a request before decoding any of them:
+``open_image`` reads only the header (format, size) and applies the per-image limits; ``to_rgb`` decodes
+the pixels. ``decode_image`` does both.
+"""
 
 from __future__ import annotations
 
@@ -7,36 +12,57 @@ import warnings
 
 from PIL import Image, UnidentifiedImageError
 
-# A decompression bomb check that does not depend on PIL's process-wide global.
+# Exactly the formats the API documents; Pillow would otherwise try every plugin it has (TGA, PCX, PSD,
+# EPS, ...), each one more parser exposed to untrusted bytes.
+ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
 DEFAULT_MAX_PIXELS = 40_000_000
+# A 60000x1 strip is a few hundred bytes but, resized by a processor to a 224-pixel short side, becomes
+# billions of pixels: the aspect ratio bounds what any resize can make of an image.
+DEFAULT_MAX_ASPECT_RATIO = 20.0
 
 
 class ImageError(ValueError):
     """The bytes are not an image this server can read."""
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode and fully load image bytes as RGB.
-
-    ``Image.open`` is lazy, so the pixels are loaded here: a truncated file fails now, not later
-    inside the model.
-    """
+def open_image(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
+) -> Image.Image:
+    """Read the header only (no pixels are decoded) and check the image against the limits."""
     if not data:
         raise ImageError("image is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageError(f"image has {width}x{height} pixels, more than the limit of {max_pixels}")
-            image.load()
-    except ImageError:
-        raise
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError("not a readable image (expected PNG, JPEG, GIF, WebP, BMP or TIFF)") from exc
-    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
+        raise ImageError(f"not a readable image (expected {', '.join(ALLOWED_FORMATS)})") from exc
+    except (OSError, ValueError, SyntaxError) as exc:  # a header that lies or is cut short
         raise ImageError(f"image data is corrupt: {exc}") from exc
+    width, height = image.size
     if width < 1 or height < 1:
         raise ImageError("image has no pixels")
+    if width * height > max_pixels:
+        raise ImageError(f"image has {width}x{height} pixels, more than the limit of {max_pixels}")
+    if max(width, height) / min(width, height) > max_aspect_ratio:
+        raise ImageError(
+            f"image is {width}x{height}, more elongated than the limit of {max_aspect_ratio:g}:1"
+        )
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Decode the pixels now (``Image.open`` is lazy: a truncated file fails here, not inside the model)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"image data is corrupt: {exc}") from exc
     return image.convert("RGB")
+
+
+def decode_image(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
+) -> Image.Image:
+    return to_rgb(open_image(data, max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio))

@@ -14,6 +14,7 @@ from projector.backbone import Backbone, load_backbone
 from projector.encoder import AimEncoder
 from projector.models import SHIPPED_PROJECTORS
 from projector.projector import Projector
+from server.body_limit import BodySizeLimit
 from server.demonstrations.api_router import router as demonstrations_router
 from server.demonstrations.serving import DemonstrationService
 from server.engines.factory import build_engine
@@ -21,6 +22,7 @@ from server.errors import install_error_handlers
 from server.generate.api_router import router as generate_router
 from server.generate.serving import GenerateService
 from server.health.api_router import router as health_router
+from server.media import ImageDecoder
 from server.metrics import Metrics
 from server.models import resolve_dtype, resolve_model
 from server.settings import Settings
@@ -76,6 +78,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         async with build_engine(settings, encoder.backbone) as engine:
             metrics = Metrics()
+            images = ImageDecoder(
+                max_bytes=settings.max_image_bytes,
+                max_pixels=settings.max_image_pixels,
+                max_aspect_ratio=settings.max_image_aspect_ratio,
+                max_request_pixels=settings.max_request_pixels,
+                concurrency=settings.image_decode_concurrency,
+            )
             app.state.aim = AppState(
                 settings=settings,
                 encoder=encoder,
@@ -83,8 +92,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 redis=redis,
                 engine=engine,
                 metrics=metrics,
-                demonstrations=DemonstrationService(encoder, bank, settings, metrics),
-                generate=GenerateService(encoder, bank, engine, settings, metrics),
+                demonstrations=DemonstrationService(encoder, bank, settings, metrics, images),
+                generate=GenerateService(encoder, bank, engine, settings, metrics, images),
                 fingerprint=fp,
             )
             log.info(
@@ -111,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings or Settings()
     app.state.aim = None
+    app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_body_bytes)
     install_error_handlers(app)
     app.include_router(demonstrations_router)
     app.include_router(generate_router)

@@ -11,7 +11,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bank import BANK_UNAVAILABLE_ERRORS
+
 log = logging.getLogger(__name__)
+
+BANK_UNAVAILABLE_MESSAGE = "the demonstration bank is unreachable; retry shortly"
+RETRY_AFTER_SECONDS = 1
 
 
 class APIError(Exception):
@@ -43,9 +48,23 @@ class ServiceUnavailableError(APIError):
     type = "service_unavailable"
 
 
-def envelope(status: int, message: str, type_: str, param: str | None, code: str) -> JSONResponse:
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return JSONResponse(status_code=status, content=body)
+def _body(message: str, type_: str, param: str | None, code: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def envelope(
+    status: int, message: str, type_: str, param: str | None, code: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(status_code=status, content=_body(message, type_, param, code), headers=headers)
+
+
+def error_body(exc: BaseException) -> dict[str, Any]:
+    """The envelope for any exception, for the places that cannot send a status (a stream under way)."""
+    if isinstance(exc, APIError):
+        return _body(exc.message, exc.type, exc.param, exc.code)
+    if isinstance(exc, BANK_UNAVAILABLE_ERRORS):
+        return _body(BANK_UNAVAILABLE_MESSAGE, ServiceUnavailableError.type, None, "bank_unreachable")
+    return _body("internal server error", "server_error", None, "internal_error")
 
 
 def param_path(loc: Sequence[Any]) -> str | None:
@@ -79,7 +98,24 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return envelope(exc.status_code, str(exc.detail), type_, None, f"http_{exc.status_code}")
+        # Starlette's own headers matter: a 405 carries the Allow header the caller needs.
+        return envelope(
+            exc.status_code, str(exc.detail), type_, None, f"http_{exc.status_code}", headers=exc.headers
+        )
+
+    async def _bank_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("bank unreachable: %s", exc)
+        return envelope(
+            503,
+            BANK_UNAVAILABLE_MESSAGE,
+            ServiceUnavailableError.type,
+            None,
+            "bank_unreachable",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    for error_class in BANK_UNAVAILABLE_ERRORS:
+        app.add_exception_handler(error_class, _bank_unavailable)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -67,8 +67,18 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="transformers engine: gather window")
 
     # -- request limits -----------------------------------------------------------------------------
+    max_body_bytes: int = Field(
+        64 * MiB, ge=1024, description="request body size; larger bodies are refused while being read"
+    )
     max_image_bytes: int = Field(10 * MiB, ge=1, description="decoded size of one image")
-    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=1, description="pixels of one image")
+    max_request_pixels: int = Field(
+        64_000_000, ge=1, description="pixels of all images of one request together (bounds its memory)"
+    )
+    max_image_aspect_ratio: float = Field(
+        20.0, ge=1.0, description="longer side / shorter side; bounds what a resize can make of an image"
+    )
+    image_decode_concurrency: int = Field(2, ge=1, description="images decoded at once, across requests")
     max_items_per_request: int = Field(32, ge=1, description="demonstrations in one POST /demonstrations")
     max_text_chars: int = Field(8000, ge=1)
     max_metadata_bytes: int = Field(16 * 1024, ge=2, description="JSON size of one item's metadata")

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+from server.wire import JsonObject, SetName, Text
 
 
 class _Strict(BaseModel):
@@ -15,12 +15,12 @@ class _Strict(BaseModel):
 
 class DemonstrationItem(_Strict):
     image: str = Field(description="base64-encoded image bytes, or a data URL (data:image/png;base64,...)")
-    text: str = Field(description="the demonstration's text, e.g. a question and its answer")
-    metadata: dict[str, Any] | None = Field(None, description="free-form JSON object stored with it")
+    text: Text = Field(description="the demonstration's text, e.g. a question and its answer")
+    metadata: JsonObject | None = Field(None, description="free-form JSON object stored with it")
 
 
 class RegisterRequest(_Strict):
-    set: str | None = Field(None, pattern=SET_NAME_PATTERN, description="append the items to this named set")
+    set: SetName | None = Field(None, description="append the items to this named set")
     items: list[DemonstrationItem] = Field(min_length=1)
 
 

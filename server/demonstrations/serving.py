@@ -26,7 +26,7 @@ from server.demonstrations.protocol import (
     SetDeleted,
 )
 from server.errors import APIError, NotFoundError, PayloadTooLargeError
-from server.media import decode_image_field
+from server.media import ImageDecoder, ImageField
 from server.metrics import Metrics
 from server.settings import Settings
 
@@ -48,14 +48,20 @@ def check_text(text: str, *, param: str, max_chars: int) -> None:
 
 class DemonstrationService:
     def __init__(
-        self, encoder: AimEncoder, bank: DemonstrationBank, settings: Settings, metrics: Metrics
+        self,
+        encoder: AimEncoder,
+        bank: DemonstrationBank,
+        settings: Settings,
+        metrics: Metrics,
+        images: ImageDecoder,
     ) -> None:
         self.encoder = encoder
+        self.images = images
         self.bank = bank
         self.settings = settings
         self.metrics = metrics
 
-    def _check(self, request: RegisterRequest) -> list[_Checked]:
+    async def _check(self, request: RegisterRequest) -> list[_Checked]:
         s = self.settings
         if len(request.items) > s.max_items_per_request:
             raise APIError(
@@ -63,7 +69,6 @@ class DemonstrationService:
                 param="items",
                 code="too_many_items",
             )
-        checked = []
         for i, item in enumerate(request.items):
             check_text(item.text, param=f"items[{i}].text", max_chars=s.max_text_chars)
             metadata = item.metadata or {}
@@ -73,17 +78,16 @@ class DemonstrationService:
                     param=f"items[{i}].metadata",
                     code="metadata_too_large",
                 )
-            data, image = decode_image_field(
-                item.image,
-                param=f"items[{i}].image",
-                max_bytes=s.max_image_bytes,
-                max_pixels=s.max_image_pixels,
-            )
-            checked.append(_Checked(demonstration_id(data, item.text), image, item.text, metadata))
-        return checked
+        # Images last: every cheap check of every item has passed before any image is decoded.
+        fields = [ImageField(item.image, f"items[{i}].image") for i, item in enumerate(request.items)]
+        images = await self.images.decode(fields)
+        return [
+            _Checked(demonstration_id(d.data, item.text), d.image, item.text, item.metadata or {})
+            for d, item in zip(images, request.items, strict=True)
+        ]
 
     async def register(self, request: RegisterRequest) -> RegisterResponse:
-        checked = self._check(request)  # every item is valid before anything is encoded or written
+        checked = await self._check(request)  # every item is valid before anything is encoded or written
         unique = {c.id: c for c in checked}
         existing = await self.bank.existing(list(unique))
         stored = {r.id: r for r in await self.bank.get_many(sorted(existing))} if existing else {}

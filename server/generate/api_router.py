@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from server.deps import GenerateServiceDep
+from server.errors import error_body
 from server.generate.protocol import GenerateRequest, GenerateResponse
 from server.generate.serving import GenerateService, PreparedRequest
 
@@ -13,8 +15,11 @@ router = APIRouter(tags=["generate"])
 
 
 async def _events(service: GenerateService, prepared: PreparedRequest) -> AsyncIterator[str]:
-    async for chunk in service.stream(prepared):
-        yield f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+    try:
+        async for chunk in service.stream(prepared):
+            yield f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+    except Exception as exc:  # the status line is sent: the error travels as the stream's last event
+        yield f"data: {json.dumps(error_body(exc))}\n\n"
     yield "data: [DONE]\n\n"
 
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from server.demonstrations.protocol import SET_NAME_PATTERN
+from server.wire import MAX_SEED, SetName, StopString, Text
 
 
 class _Strict(BaseModel):
@@ -15,14 +15,14 @@ class _Strict(BaseModel):
 
 class Query(_Strict):
     image: str | None = Field(None, description="base64 image or data URL; omit for a text-only query")
-    text: str
+    text: Text
 
 
 class DemonstrationSelection(_Strict):
     """Either explicit ``ids`` (in prompt order) or the first ``k`` of a named ``set``."""
 
     ids: list[str] | None = None
-    set: str | None = Field(None, pattern=SET_NAME_PATTERN)
+    set: SetName | None = None
     k: int | None = Field(None, ge=0, description="how many of the set, in registration order; default all")
 
     @model_validator(mode="after")
@@ -38,10 +38,10 @@ class GenerateRequest(_Strict):
     query: Query
     demonstrations: DemonstrationSelection | None = Field(None, description="omit for zero-shot")
     max_tokens: int = Field(64, ge=1)
-    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 is greedy")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 is greedy (so is anything below 1e-5)")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = None
-    stop: str | list[str] | None = Field(None, description="stop strings (up to 8)")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    stop: StopString | list[StopString] | None = Field(None, description="stop strings (up to 8)")
     stream: bool = False
 
     @model_validator(mode="after")

@@ -18,9 +18,11 @@ from server.demonstrations.serving import check_text, unknown_set
 from server.engines.base import Engine, EngineError, EngineOutput, SamplingOptions
 from server.errors import APIError, NotFoundError
 from server.generate.protocol import GenerateChunk, GenerateRequest, GenerateResponse, Usage
-from server.media import decode_image_field
+from server.media import ImageDecoder, ImageField
 from server.metrics import Metrics
 from server.settings import Settings
+
+GREEDY_BELOW = 1e-5
 
 
 @dataclass(frozen=True)
@@ -40,9 +42,11 @@ class GenerateService:
         engine: Engine,
         settings: Settings,
         metrics: Metrics,
+        images: ImageDecoder,
     ) -> None:
         self.encoder = encoder
         self.bank = bank
+        self.images = images
         self.engine = engine
         self.settings = settings
         self.metrics = metrics
@@ -94,12 +98,8 @@ class GenerateService:
             )
         image = None
         if request.query.image is not None:
-            _, image = decode_image_field(
-                request.query.image,
-                param="query.image",
-                max_bytes=s.max_image_bytes,
-                max_pixels=s.max_image_pixels,
-            )
+            (decoded,) = await self.images.decode([ImageField(request.query.image, "query.image")])
+            image = decoded.image
         demonstrations = await self._demonstrations(request)
         query = await asyncio.to_thread(self.encoder.embed_query, image, request.query.text)
         prompt_embeds = assemble_prompt(query, [d.fused_tokens for d in demonstrations])
@@ -128,7 +128,9 @@ class GenerateService:
             demonstration_ids=[d.id for d in demonstrations],
             options=SamplingOptions(
                 max_tokens=request.max_tokens,
-                temperature=request.temperature,
+                # vLLM samples greedily below 1e-5; the transformers engine would divide the logits by
+                # the temperature and overflow. One rule for both engines.
+                temperature=0.0 if request.temperature < GREEDY_BELOW else request.temperature,
                 top_p=request.top_p,
                 seed=request.seed,
                 stop=stop,
