@@ -25,6 +25,7 @@ from server.health.api_router import router as health_router
 from server.media import ImageDecoder
 from server.metrics import Metrics
 from server.models import resolve_dtype, resolve_model
+from server.openapi import install_openapi
 from server.settings import Settings
 from server.state import AppState
 
@@ -124,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.aim = None
     app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_body_bytes)
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(demonstrations_router)
     app.include_router(generate_router)
     app.include_router(health_router)

@@ -8,7 +8,13 @@ from __future__ import annotations
 import base64
 import io
 import os
-from collections.abc import AsyncIterator
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -83,3 +89,63 @@ async def start_app(settings: Settings) -> AsyncIterator[RunningApp]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://aim.test", timeout=120) as client:
             yield RunningApp(app, client)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    base_url: str
+    process: subprocess.Popen
+    log_path: Path
+
+
+@contextmanager
+def served(work: Path, env: dict[str, str], *, start_timeout: float) -> Iterator[ServerProcess]:
+    """``aim serve`` as a process on a free loopback port, with only the given ``AIM_*`` settings,
+    ready (``/ready`` 200) when yielded; killed on exit if still running."""
+    port = free_port()
+    full_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AIM_")},
+        "AIM_PORT": str(port),
+        "AIM_DATA_DIR": str(work / "data"),
+        "AIM_CACHE_DIR": str(work / "cache"),
+        "PYTHONUNBUFFERED": "1",
+        **env,
+    }
+    log_path = work / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve"],
+            cwd=work,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + start_timeout
+        try:
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}"
+                    )
+                try:
+                    if httpx.get(base + "/ready", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"server not ready in {start_timeout}s:\n{log_path.read_text()[-4000:]}"
+                    )
+                time.sleep(0.5)
+            yield ServerProcess(base, proc, log_path)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

@@ -10,8 +10,16 @@ from server.deps import GenerateServiceDep
 from server.errors import error_body
 from server.generate.protocol import GenerateRequest, GenerateResponse
 from server.generate.serving import GenerateService, PreparedRequest
+from server.openapi import errors
 
 router = APIRouter(tags=["generate"])
+
+# One server-sent event: its data is a GenerateChunk as JSON, an error envelope, or [DONE].
+SSE_EVENT = {
+    "type": "object",
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+    "required": ["data"],
+}
 
 
 async def _events(service: GenerateService, prepared: PreparedRequest) -> AsyncIterator[str]:
@@ -23,7 +31,17 @@ async def _events(service: GenerateService, prepared: PreparedRequest) -> AsyncI
     yield "data: [DONE]\n\n"
 
 
-@router.post("/generate", response_model=GenerateResponse)
+@router.post(
+    "/generate",
+    response_model=GenerateResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": SSE_EVENT}},
+            "description": "JSON, or with stream: true server-sent events ending with data: [DONE]",
+        },
+        **errors(400, 404, 413, 503),
+    },
+)
 async def generate(
     body: GenerateRequest, service: GenerateServiceDep
 ) -> GenerateResponse | StreamingResponse:

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.deps import StateDep
 from server.errors import ServiceUnavailableError
+from server.openapi import errors
 
 router = APIRouter(tags=["health"])
 
@@ -16,7 +17,7 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready")
+@router.get("/ready", responses=errors(503))
 async def ready(request: Request) -> dict:
     """Model loaded, engine healthy and bank reachable."""
     state = getattr(request.app.state, "aim", None)
@@ -41,7 +42,7 @@ async def ready(request: Request) -> dict:
     }
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse, responses=errors(503))
 async def metrics(state: StateDep) -> Response:
     state.metrics.bank_cache_hits.set(state.bank.cache_hits)
     state.metrics.bank_cache_misses.set(state.bank.cache_misses)

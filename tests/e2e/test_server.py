@@ -7,27 +7,19 @@ with consistent usage out, and a clean shutdown on SIGTERM.
 from __future__ import annotations
 
 import base64
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.helpers import served
+
 REPO = Path(__file__).resolve().parents[2]
 PHOTOS = REPO / "examples" / "images"
 START_TIMEOUT_S = 420
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def photo(name: str) -> str:
@@ -36,41 +28,12 @@ def photo(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subprocess.Popen, Path]]:
-    work = tmp_path_factory.mktemp("e2e")
-    port = free_port()
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("AIM_")},
-        "AIM_PORT": str(port),
-        "AIM_DATA_DIR": str(work / "data"),
-        "AIM_CACHE_DIR": str(work / "cache"),
         "AIM_KV_CACHE_MEMORY_BYTES": str(256 * 1024 * 1024),  # holds one 4096-token aim-mini request
         "AIM_MAX_MODEL_LEN": "4096",
-        "PYTHONUNBUFFERED": "1",
     }
-    log = open(work / "server.log", "w")  # noqa: SIM115 - closed in teardown
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve"], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}:\n{(work / 'server.log').read_text()[-4000:]}")
-        try:
-            if httpx.get(base + "/ready", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(
-                f"server not ready in {START_TIMEOUT_S}s:\n{(work / 'server.log').read_text()[-4000:]}"
-            )
-        time.sleep(1)
-    yield base, proc, work / "server.log"
-    if proc.poll() is None:
-        proc.kill()
-    log.close()
+    with served(tmp_path_factory.mktemp("e2e"), env, start_timeout=START_TIMEOUT_S) as running:
+        yield running.base_url, running.process, running.log_path
 
 
 def test_readme_flow_on_real_photos(server):
