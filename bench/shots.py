@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from projector.backbone import Backbone, QueryEmbedding
 from projector.encoder import AimEncoder
@@ -50,16 +50,9 @@ LLAVA15_CONTEXT = 4096  # Vicuna-7B/13B, the LLaVA-1.5 decoders
 
 # -- data ---------------------------------------------------------------------------------------------
 def shape_image(size: int, color: str, shape: str, background: str = "white") -> Image.Image:
-    image = Image.new("RGB", (size, size), background)
-    draw = ImageDraw.Draw(image)
-    lo, hi = size // 5, size * 4 // 5
-    if shape == "circle":
-        draw.ellipse((lo, lo, hi, hi), fill=color)
-    elif shape == "square":
-        draw.rectangle((lo, lo, hi, hi), fill=color)
-    else:
-        draw.polygon([(size // 2, lo), (lo, hi), (hi, hi)], fill=color)
-    return image
+    from projector.training.scenes import shape_image as draw
+
+    return draw((size, size), color, shape, background)
 
 
 def demonstration(i: int) -> tuple[str, str, str]:

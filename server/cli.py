@@ -15,8 +15,8 @@ TOOLS = {
         "build aim-mini from the installed pretrained packages",
     ),
     "train-connector": ("projector.models.aim_mini.train_connector", "train aim-mini's vision connector"),
-    "train": ("projector.training.trainer", "train an AIM projector on a frozen backbone"),
-    "eval": ("projector.evaluation.runner", "few-shot evaluation: zero-shot, raw ICL, AIM"),
+    "train": ("projector.training.cli", "train an AIM projector on a frozen backbone"),
+    "eval": ("projector.evaluation.cli", "few-shot evaluation: zero-shot, raw ICL, AIM"),
 }
 
 

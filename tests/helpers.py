@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -19,8 +21,9 @@ from pathlib import Path
 
 import httpx
 import redis
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from projector.training.scenes import shape_image
 from server.app import create_app
 from server.settings import Settings
 
@@ -29,14 +32,8 @@ EXTERNAL_REDIS_URL = os.environ.get("AIM_REDIS_URL") or None
 
 
 def png_bytes(color: str = "red", size: tuple[int, int] = (64, 64), shape: str = "circle") -> bytes:
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    w, h = size
-    box = (w // 5, h // 5, 4 * w // 5, 4 * h // 5)
-    if shape == "circle":
-        draw.ellipse(box, fill=color)
-    else:
-        draw.rectangle(box, fill=color)
+    """A PNG of one shape: a circle, or else a rectangle filling the same box."""
+    image = shape_image(size, color, "circle" if shape == "circle" else "rectangle")
     buf = io.BytesIO()
     image.save(buf, "PNG")
     return buf.getvalue()
@@ -149,3 +146,33 @@ def served(work: Path, env: dict[str, str], *, start_timeout: float) -> Iterator
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+EPISODE_COLORS = ["red", "blue", "green", "yellow"]
+
+
+def write_episodes(tmp_path: Path, n: int = 40, seed: int = 0) -> Path:
+    """Colour-naming episodes in both JSONL layouts; images as files and as base64."""
+    rng = random.Random(seed)
+    images = tmp_path / "images"
+    images.mkdir(exist_ok=True)
+    for c in EPISODE_COLORS:
+        for shape in ("circle", "square"):
+            (images / f"{c}-{shape}.png").write_bytes(png_bytes(c, shape=shape))
+    lines = []
+    for e in range(n):
+        picks = [(rng.choice(EPISODE_COLORS), rng.choice(["circle", "square"])) for _ in range(3)]
+        if e % 2 == 0:
+            demos = [{"image": f"images/{c}-{s}.png", "text": f"Colour: {c}"} for c, s in picks[:2]]
+            c, s = picks[2]
+            lines.append({"demonstrations": demos, "query": {"image": png_b64(c, shape=s), "text": "Colour:"},
+                          "answer": c})  # fmt: skip
+        else:
+            for c, s in picks[:2]:
+                lines.append({"episode": f"e{e}", "image": f"images/{c}-{s}.png", "text": f"Colour: {c}"})
+            c, s = picks[2]
+            lines.append({"episode": f"e{e}", "image": f"data:image/png;base64,{png_b64(c, shape=s)}",
+                          "text": "Colour:", "answer": c})  # fmt: skip
+    path = tmp_path / "episodes.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return path

@@ -24,9 +24,9 @@ An **episode** is what one training example is: ``k`` demonstrations ``(image, t
   images that are not there are skipped. ``document_episodes`` turns consecutive (image, text)
   pairs of a document into episodes (the paper's setting: predict an image's text from the
   preceding pairs).
-- **Generic synthetic episodes** (``generic_episodes``): image-description tasks on data that has
-  nothing to do with any evaluation benchmark: Fashion-MNIST clothing photos (Debian package
-  ``dataset-fashion-mnist``) and scenes of shapes rendered here with PIL. See that function.
+- **Generic synthetic episodes** (``projector.training.generic``): image-description tasks on data
+  that has nothing to do with any evaluation benchmark: Fashion-MNIST clothing photos and rendered
+  scenes of shapes.
 
 Text layout shared by training and evaluation: a demonstration's text is ``prompt + " " + answer``
 ending in a newline (the separator between demonstrations); the query's text is the prompt, and the
@@ -40,15 +40,13 @@ import binascii
 import gzip
 import hashlib
 import json
-import random
-import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlparse
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from projector.images import decode_image
 
@@ -294,196 +292,4 @@ def document_episodes(
                     q.text,
                 )
             )
-    return episodes
-
-
-# -- generic synthetic episodes -------------------------------------------------------------------
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_CLASSES = ("t-shirt", "pair of trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
-                   "bag", "ankle boot")  # fmt: skip
-FASHION_KIND = ("top", "bottom", "top", "dress", "top", "footwear", "top", "footwear", "bag", "footwear")
-
-SCENE_SHAPES = ("circle", "square", "star", "ellipse", "diamond", "hexagon", "cross", "triangle")
-SCENE_COLORS = {
-    "red": (220, 30, 30), "green": (30, 160, 60), "blue": (40, 70, 220), "yellow": (235, 210, 20),
-    "orange": (245, 140, 20), "purple": (130, 50, 170), "pink": (240, 130, 190), "black": (15, 15, 15),
-    "white": (250, 250, 250), "gray": (128, 128, 128), "brown": (120, 70, 30), "teal": (20, 140, 140),
-}  # fmt: skip
-SCENE_BACKGROUNDS = {"white": (250, 250, 250), "black": (15, 15, 15), "light blue": (190, 215, 245),
-                     "beige": (235, 225, 200), "dark green": (20, 70, 40), "light gray": (215, 215, 215)}  # fmt: skip
-NUMBER_WORDS = ("zero", "one", "two", "three", "four")
-
-
-def read_fashion_mnist(split: str = "train", data_dir: Path = FASHION_MNIST_DIR, limit: int | None = None):
-    """(28x28 grayscale PIL image, label) pairs from the idx files of Debian's ``dataset-fashion-mnist``."""
-    prefix = {"train": "train", "test": "t10k"}[split]
-    images_path = Path(data_dir) / f"{prefix}-images-idx3-ubyte.gz"
-    labels_path = Path(data_dir) / f"{prefix}-labels-idx1-ubyte.gz"
-    if not images_path.is_file():
-        raise FileNotFoundError(f"{images_path} not found: apt-get install dataset-fashion-mnist")
-    with gzip.open(labels_path, "rb") as f:
-        _, n = struct.unpack(">II", f.read(8))
-        labels = f.read(n)
-    with gzip.open(images_path, "rb") as f:
-        _, n, rows, cols = struct.unpack(">IIII", f.read(16))
-        n = min(n, limit) if limit else n
-        raw = f.read(n * rows * cols)
-    size = rows * cols
-    return [(Image.frombytes("L", (cols, rows), raw[i * size : (i + 1) * size]), labels[i]) for i in range(n)]
-
-
-@dataclass(frozen=True)
-class Scene:
-    image: Image.Image
-    objects: tuple[tuple[str, str, str], ...]  # (colour, shape, position)
-    background: str
-
-
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
-    import math
-
-    if shape == "circle":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-    elif shape == "ellipse":
-        draw.ellipse([cx - r, cy - r * 0.55, cx + r, cy + r * 0.55], fill=fill)
-    elif shape == "square":
-        draw.rectangle([cx - r * 0.85, cy - r * 0.85, cx + r * 0.85, cy + r * 0.85], fill=fill)
-    elif shape == "diamond":
-        draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
-    elif shape == "triangle":
-        draw.polygon([(cx, cy - r), (cx + r, cy + r * 0.8), (cx - r, cy + r * 0.8)], fill=fill)
-    elif shape == "hexagon":
-        draw.polygon(
-            [(cx + r * math.cos(a * math.pi / 3), cy + r * math.sin(a * math.pi / 3)) for a in range(6)],
-            fill=fill,
-        )
-    elif shape == "star":
-        pts = []
-        for i in range(10):
-            rr = r if i % 2 == 0 else r * 0.45
-            a = -math.pi / 2 + i * math.pi / 5
-            pts.append((cx + rr * math.cos(a), cy + rr * math.sin(a)))
-        draw.polygon(pts, fill=fill)
-    elif shape == "cross":
-        w = r * 0.35
-        draw.rectangle([cx - r, cy - w, cx + r, cy + w], fill=fill)
-        draw.rectangle([cx - w, cy - r, cx + w, cy + r], fill=fill)
-    else:  # pragma: no cover
-        raise ValueError(shape)
-
-
-def render_scene(rng: random.Random, size: int = 128) -> Scene:
-    """1-3 shapes in distinct cells of a 3x3 grid on a plain background."""
-    background = rng.choice(list(SCENE_BACKGROUNDS))
-    image = Image.new("RGB", (size, size), SCENE_BACKGROUNDS[background])
-    draw = ImageDraw.Draw(image)
-    n = rng.choice((1, 1, 2, 2, 3))
-    cells = rng.sample(range(9), n)
-    colors = [c for c in SCENE_COLORS if SCENE_COLORS[c] != SCENE_BACKGROUNDS[background]]
-    objects = []
-    cell = size / 3
-    for c in cells:
-        row, col = divmod(c, 3)
-        color, shape = rng.choice(colors), rng.choice(SCENE_SHAPES)
-        cx = (col + 0.5) * cell + rng.uniform(-0.1, 0.1) * cell
-        cy = (row + 0.5) * cell + rng.uniform(-0.1, 0.1) * cell
-        _draw_shape(draw, shape, cx, cy, cell * rng.uniform(0.3, 0.45), SCENE_COLORS[color])
-        vertical = ("top", "middle", "bottom")[row]
-        horizontal = ("left", "center", "right")[col]
-        position = "center" if (row, col) == (1, 1) else f"{vertical} {horizontal}".replace("middle ", "")
-        position = position.replace(" center", "")
-        objects.append((color, shape, position))
-    return Scene(image, tuple(objects), background)
-
-
-def _and(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-# Task formats: (prompt, answer) per item; every demonstration of an episode and its query share the
-# task, so the demonstrations show what kind of answer is wanted. None of these is a question about
-# a shape's colour or identity, or whether a shape is present (the easy-VQA question families).
-def _scene_tasks(scene: Scene, rng: random.Random) -> dict[str, tuple[str, str]]:
-    things = [f"a {c} {s}" for c, s, _ in scene.objects]
-    short = [f"{c} {s}" for c, s, _ in scene.objects]
-    c0, s0, p0 = scene.objects[0]
-    return {
-        "scene-caption": ("Caption:", f"{_and(things).capitalize()} on a {scene.background} background."),
-        "scene-list": ("List the objects:", ", ".join(short)),
-        "scene-count": ("Q: How many objects are in the picture? A:", NUMBER_WORDS[len(scene.objects)]),
-        "scene-where": (f"Q: Where is the {c0} {s0}? A:", p0 if p0 == "center" else f"{p0}"),
-        "scene-background": ("The background of this picture is", scene.background),
-    }
-
-
-def _fashion_tasks(label: int, rng: random.Random) -> dict[str, tuple[str, str]]:
-    name = FASHION_CLASSES[label]
-    other = label if rng.random() < 0.5 else rng.randrange(len(FASHION_CLASSES))
-    article = "an" if name[0] in "aeiou" else "a"
-    other_name = FASHION_CLASSES[other]
-    other_article = "an" if other_name[0] in "aeiou" else "a"
-    return {
-        "fashion-caption": ("Caption:", f"A black and white photo of {article} {name}."),
-        "fashion-name": ("Q: What is this item? A:", name),
-        "fashion-kind": (
-            "Question: Is this footwear, a top, a bottom, a dress or a bag? Answer:",
-            FASHION_KIND[label],
-        ),
-        "fashion-yesno": (
-            f"Question: Is this {other_article} {other_name}? Answer:",
-            "yes" if other == label else "no",
-        ),
-    }
-
-
-def generic_episodes(
-    n_episodes: int,
-    *,
-    seed: int = 0,
-    min_shots: int = 1,
-    max_shots: int = 4,
-    fashion: bool = True,
-    fashion_dir: Path = FASHION_MNIST_DIR,
-    n_scenes: int = 600,
-    n_fashion: int = 600,
-) -> list[Episode]:
-    """Image-description episodes from rendered shape scenes and Fashion-MNIST (train split).
-
-    Each episode draws one task (caption, object list, count, position, background; clothing
-    caption, name, kind, yes/no about a named class) and ``k`` in ``[min_shots, max_shots]``
-    demonstrations plus a query, all from distinct images. Images come from fixed pools
-    (``n_scenes`` rendered, ``n_fashion`` read), so demonstration features are shared across
-    episodes and cache well. With ``fashion=False`` (or the package missing) only scenes are used.
-    """
-    rng = random.Random(seed)
-    scenes = [render_scene(random.Random(seed * 7919 + i)) for i in range(n_scenes)]
-    pools: list[list[tuple[Image.Image, object]]] = [[(s.image, s) for s in scenes]]
-    if fashion:
-        try:
-            items = read_fashion_mnist("train", fashion_dir, limit=n_fashion)
-        except FileNotFoundError:
-            items = []
-        if items:
-            pools.append(
-                [(im.convert("RGB").resize((112, 112), Image.BICUBIC), label) for im, label in items]
-            )
-    episodes = []
-    for _ in range(n_episodes):
-        pool = rng.choice(pools)
-        k = rng.randint(min_shots, max_shots)
-        chosen = rng.sample(range(len(pool)), k + 1)
-        item_rng = random.Random(rng.random())
-        first = pool[chosen[0]][1]
-        tasks = _scene_tasks(first, item_rng) if isinstance(first, Scene) else _fashion_tasks(first, item_rng)
-        task = rng.choice(sorted(tasks))
-        pairs = []
-        for idx in chosen:
-            image, meta = pool[idx]
-            t = (_scene_tasks(meta, item_rng) if isinstance(meta, Scene) else _fashion_tasks(meta, item_rng))[
-                task
-            ]
-            pairs.append((image, t))
-        demos = tuple(Pair(im, demo_text(p, a)) for im, (p, a) in pairs[:-1])
-        q_image, (q_prompt, q_answer) = pairs[-1]
-        episodes.append(Episode(demos, Pair(q_image, q_prompt), q_answer))
     return episodes

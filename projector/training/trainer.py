@@ -1,35 +1,24 @@
-"""Train an AIM projector on a frozen backbone (``aim train``).
+"""Train an AIM projector on a frozen backbone: ``train(TrainConfig) -> summary`` (``aim train``).
 
-Each training example is an episode (see ``projector.training.episodes``): the demonstrations go through the
-frozen backbone once (no grad) and then through the projector (grad) to become fused tokens; the
-prompt is ``[query prefix] + fused tokens of each demonstration + [query body]``, followed by the
-embeddings of the target tokens; the loss is the backbone's language-model cross-entropy on the
-target tokens only (labels -100 elsewhere). Gradients flow through the frozen decoder into the
-projector, the only thing that learns.
-
-What the backbone computes does not depend on the projector, so demonstration hidden states, query
-embeddings and target embeddings are computed once per distinct item and cached (in memory, and on
-disk with ``--cache-dir``); a training step is then one decoder forward/backward.
+Each training example is an episode (see ``projector.training.episodes``): the demonstrations go
+through the frozen backbone once (no grad; ``projector.training.features`` caches them) and then
+through the projector (grad) to become fused tokens; the prompt is the AIM layout
+(``projector.prompt.assemble_prompt``) followed by the embeddings of the target tokens; the loss is
+the backbone's language-model cross-entropy on the target tokens only (labels -100 elsewhere).
+Gradients flow through the frozen decoder into the projector, the only thing that learns.
 
 Output directory: the latest projector (``projector.json`` + ``model.safetensors``, the format the
 server loads), ``best/`` (lowest held-out loss), ``training_state.{json,safetensors}`` (for
-``--resume``: step, optimiser moments, no pickle) and ``train_log.jsonl``.
-
-    aim train --model DIR --data generic:2000 --out runs/p1 --steps 300
-    aim train --model DIR --data jsonl:episodes.jsonl --data mmc4:docs.jsonl:images/ --out runs/p2
+``resume``: step, optimiser moments, no pickle) and ``train_log.jsonl``.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import logging
-import math
 import random
-import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -37,105 +26,19 @@ from safetensors.torch import load_file, save_file
 
 from projector.backbone import Backbone, QueryEmbedding, load_backbone
 from projector.models import resolve_model
+from projector.optim import token_weighted_loss, warmup_cosine_lr
 from projector.projector import Projector, ProjectorConfig
 from projector.prompt import assemble_prompt
 from projector.templates import Templates
-from projector.training.episodes import (
-    Episode,
-    Pair,
-    document_episodes,
-    generic_episodes,
-    read_episodes_jsonl,
-    read_mmc4,
-    read_obelics,
-)
+from projector.training.config import TrainConfig, TrainingError
+from projector.training.episodes import Episode
+from projector.training.features import FeatureCache
+from projector.training.sources import load_sources
 
 log = logging.getLogger("aim.train")
 STATE_JSON = "training_state.json"
 STATE_TENSORS = "training_state.safetensors"
-
-
-# -- cached backbone features ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class QueryFeatures:
-    prefix: torch.Tensor
-    body: torch.Tensor
-
-
-class FeatureCache:
-    """Frozen-backbone features per item, keyed by the item's content and the backbone's identity.
-
-    Demonstrations: hidden states at text positions ([n, d]); queries: prefix/body input embeddings;
-    targets: token ids and their input embeddings. All float32 on CPU; moved to the device per step.
-    """
-
-    def __init__(self, backbone: Backbone, *, layer: int = -1, cache_dir: Path | None = None) -> None:
-        self.backbone = backbone
-        self.layer = layer
-        ident = json.dumps({**backbone.identity(), "layer": layer}, sort_keys=True)
-        self.scope = hashlib.sha256(ident.encode()).hexdigest()[:16]
-        self.dir = Path(cache_dir) / self.scope if cache_dir is not None else None
-        if self.dir is not None:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        self._demo: dict[str, torch.Tensor] = {}
-        self._query: dict[str, QueryFeatures] = {}
-        self._target: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def _disk(self, kind: str, key: str) -> Path | None:
-        return self.dir / f"{kind}-{key}.safetensors" if self.dir is not None else None
-
-    def demonstration(self, pair: Pair) -> torch.Tensor:
-        key = pair.key
-        if key not in self._demo:
-            path = self._disk("d", key)
-            if path is not None and path.exists():
-                self._demo[key] = load_file(str(path))["h"]
-            else:
-                with torch.no_grad():  # not inference mode: the projector's input must be usable in backward
-                    enc = self.backbone.encode_demonstration(pair.load(), pair.text, layer=self.layer)
-                h = enc.hidden_states.float().cpu().contiguous()
-                if path is not None:
-                    save_file({"h": h}, str(path))
-                self._demo[key] = h
-        return self._demo[key]
-
-    def query(self, pair: Pair) -> QueryFeatures:
-        key = pair.key
-        if key not in self._query:
-            path = self._disk("q", key)
-            if path is not None and path.exists():
-                t = load_file(str(path))
-                self._query[key] = QueryFeatures(t["prefix"], t["body"])
-            else:
-                with torch.no_grad():
-                    q = self.backbone.embed_query(pair.load(), pair.text)
-                feats = QueryFeatures(q.prefix.float().cpu().contiguous(), q.body.float().cpu().contiguous())
-                if path is not None:
-                    save_file({"prefix": feats.prefix, "body": feats.body}, str(path))
-                self._query[key] = feats
-        return self._query[key]
-
-    def target(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if text not in self._target:
-            ids = torch.tensor(
-                self.backbone.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long
-            )
-            if ids.numel() == 0:
-                raise ValueError(f"empty target {text!r}")
-            with torch.no_grad():
-                emb = self.backbone.model.get_input_embeddings()(ids.to(self.backbone.device)).float().cpu()
-            self._target[text] = (ids, emb)
-        return self._target[text]
-
-    def warm(self, episodes: list[Episode], *, progress: bool = True) -> None:
-        """Compute every episode's features now (one pass with a progress bar)."""
-        from tqdm import tqdm
-
-        for ep in tqdm(episodes, desc="backbone features", disable=not progress, mininterval=2.0):
-            for d in ep.demonstrations:
-                self.demonstration(d)
-            self.query(ep.query)
-            self.target(ep.target)
+LR_FLOOR = 0.1  # the cosine decays to this share of the learning rate
 
 
 # -- batches --------------------------------------------------------------------------------------
@@ -175,14 +78,12 @@ def batch_loss(
 def heldout_loss(episodes: list[Episode], projector: Projector, cache: FeatureCache, backbone: Backbone,
                  batch_size: int) -> float:  # fmt: skip
     """Token-weighted mean loss over the held-out episodes."""
-    total, tokens = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(episodes), batch_size):
-            chunk = episodes[i : i + batch_size]
-            n = sum(cache.target(ep.target)[0].numel() for ep in chunk)
-            total += float(batch_loss(chunk, projector, cache, backbone)) * n
-            tokens += n
-    return total / max(tokens, 1)
+
+    def chunk_loss(chunk: list[Episode], start: int) -> tuple[float, int]:
+        n = sum(cache.target(ep.target)[0].numel() for ep in chunk)
+        return float(batch_loss(chunk, projector, cache, backbone)) * n, n
+
+    return token_weighted_loss(episodes, batch_size, chunk_loss)
 
 
 # -- initialisation -------------------------------------------------------------------------------
@@ -192,7 +93,7 @@ def lstsq_init(projector: Projector, episodes: list[Episode], cache: FeatureCach
     input embeddings of the same text tokens: fused tokens then start out close to the text itself
     (with whatever the hidden states carry about the image mixed in). Returns the rows fitted."""
     if projector.config.kind != "linear":
-        raise ValueError("--init lstsq needs a linear projector")
+        raise TrainingError("--init lstsq needs a linear projector")
     backbone = cache.backbone
     emb = backbone.model.get_input_embeddings()
     special = set(backbone.special_ids.tolist()) | {backbone.image_token_id}
@@ -211,7 +112,7 @@ def lstsq_init(projector: Projector, episodes: list[Episode], cache: FeatureCach
                 es.append(emb(torch.tensor(ids, device=backbone.device)).float().cpu())
             hs.append(h)
     if not hs:
-        raise ValueError("no demonstrations to fit the projector on")
+        raise TrainingError("no demonstrations to fit the projector on")
     H, E = torch.cat(hs).double(), torch.cat(es).double()
     h_mean, e_mean = H.mean(0), E.mean(0)
     Hc, Ec = H - h_mean, E - e_mean
@@ -223,33 +124,6 @@ def lstsq_init(projector: Projector, episodes: list[Episode], cache: FeatureCach
         projector.linear.weight.copy_(W.T.float())
         projector.linear.bias.copy_((e_mean - h_mean @ W).float())
     return int(H.shape[0])
-
-
-# -- data sources ---------------------------------------------------------------------------------
-def load_sources(specs: list[str], *, seed: int, max_shots: int) -> list[Episode]:
-    episodes: list[Episode] = []
-    for spec in specs:
-        kind, _, rest = spec.partition(":")
-        if kind == "generic":
-            n = int(rest) if rest else 2000
-            episodes += generic_episodes(n, seed=seed, max_shots=max_shots)
-        elif kind == "scenes":
-            n = int(rest) if rest else 2000
-            episodes += generic_episodes(n, seed=seed, max_shots=max_shots, fashion=False)
-        elif kind == "jsonl":
-            episodes += read_episodes_jsonl(Path(rest))
-        elif kind in ("mmc4", "obelics"):
-            path, _, image_dir = rest.rpartition(":")
-            if not path:
-                raise SystemExit(f"--data {kind}:JSONL:IMAGE_DIR expected, got {spec!r}")
-            reader = read_mmc4 if kind == "mmc4" else read_obelics
-            episodes += document_episodes(reader(Path(path), Path(image_dir)), max_shots=max_shots)
-        else:
-            raise SystemExit(
-                f"unknown --data source {spec!r}: generic[:N], scenes[:N], jsonl:PATH, "
-                "mmc4:PATH:IMAGE_DIR, obelics:PATH:IMAGE_DIR"
-            )
-    return episodes
 
 
 # -- training state (no pickle) -------------------------------------------------------------------
@@ -279,81 +153,26 @@ def load_state(out: Path, optimizer: torch.optim.Optimizer) -> dict:
     return info
 
 
-def lr_at(step: int, total: int, base: float, warmup: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
-# -- the CLI --------------------------------------------------------------------------------------
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="aim train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument(
-        "--model", required=True, help="backbone: a LLaVA-family directory or hub id, 'tiny', 'aim-mini'"
-    )
-    p.add_argument("--data", action="append", required=True,
-                   help="generic[:N] | scenes[:N] | jsonl:PATH | mmc4:PATH:IMAGE_DIR | obelics:PATH:IMAGE_DIR "
-                        "(repeatable)")  # fmt: skip
-    p.add_argument("--out", type=Path, required=True, help="output directory (projector checkpoint + state)")
-    p.add_argument("--kind", choices=["linear", "mlp"], default="linear")
-    p.add_argument("--layer", type=int, default=-1, help="backbone hidden-state layer (default: last)")
-    p.add_argument("--init", choices=["identity", "lstsq"], default="identity",
-                   help="identity (the design's default) or a ridge fit of hidden states to the same tokens' "
-                        "input embeddings (linear only)")  # fmt: skip
-    p.add_argument(
-        "--ridge",
-        type=float,
-        default=0.1,
-        help="--init lstsq: ridge strength, relative to the mean diagonal of the hidden states' Gram matrix",
-    )
-    p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument(
-        "--max-shots", type=int, default=4, help="demonstrations per episode (generic/web sources)"
-    )
-    p.add_argument("--heldout", type=float, default=0.05, help="share of episodes held out (at least 8)")
-    p.add_argument("--eval-every", type=int, default=50)
-    p.add_argument("--save-every", type=int, default=50)
-    p.add_argument(
-        "--max-minutes", type=float, default=None, help="stop (and save) after this much training time"
-    )
-    p.add_argument("--resume", action="store_true", help="continue from the state in --out")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    p.add_argument("--cache-dir", type=Path, default=None, help="keep backbone features on disk here")
-    p.add_argument(
-        "--plain-templates",
-        action="store_true",
-        help="wrap demonstrations and queries as '<image>\\n{text}' instead of the model's own templates",
-    )
-    p.add_argument("--model-cache", type=Path, default=Path.home() / ".cache" / "aim-serve" / "models")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p.parse_args(argv)
-
-
-def train(args: argparse.Namespace) -> dict:
+def train(config: TrainConfig) -> dict:
     """Run training as configured; returns a summary (also written to ``train_log.jsonl``)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    out: Path = args.out
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out: Path = config.out
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    templates = Templates() if args.plain_templates else None  # None: the model's own (aim_recipe.json)
-    backbone = load_backbone(resolve_model(args.model, args.model_cache), device=device, templates=templates)
-    episodes = load_sources(args.data, seed=args.seed, max_shots=args.max_shots)
+    templates = Templates() if config.plain_templates else None  # None: the model's own (aim_recipe.json)
+    # The data first: a bad source or too few episodes fails before any model loads.
+    episodes = load_sources(config.data, seed=config.seed, max_shots=config.max_shots)
     if len(episodes) < 10:
-        raise SystemExit(f"only {len(episodes)} episodes: need at least 10")
+        raise TrainingError(f"only {len(episodes)} episodes: need at least 10")
+    backbone = load_backbone(
+        resolve_model(config.model, config.model_cache), device=device, templates=templates
+    )
     order = list(range(len(episodes)))
-    random.Random(args.seed).shuffle(order)
-    n_held = max(8, int(len(episodes) * args.heldout))
+    random.Random(config.seed).shuffle(order)
+    n_held = max(8, int(len(episodes) * config.heldout))
     held = [episodes[i] for i in order[:n_held]]
     train_eps = [episodes[i] for i in order[n_held:]]
     log.info(
@@ -364,29 +183,29 @@ def train(args: argparse.Namespace) -> dict:
         n_held,
     )
 
-    cache = FeatureCache(backbone, layer=args.layer, cache_dir=args.cache_dir)
+    cache = FeatureCache(backbone, layer=config.layer, cache_dir=config.cache_dir)
     t0 = time.time()
-    cache.warm(held + train_eps, progress=not args.quiet)
+    cache.warm(held + train_eps, progress=not config.quiet)
     t_features = time.time() - t0
     log.info("backbone features for %d episodes in %.1f s", len(episodes), t_features)
 
-    config = ProjectorConfig(
-        kind=args.kind, hidden_size=backbone.hidden_size, layer=args.layer, backbone=backbone.name
+    projector_config = ProjectorConfig(
+        kind=config.kind, hidden_size=backbone.hidden_size, layer=config.layer, backbone=backbone.name
     )
-    projector = Projector(config).to(device)
-    optimizer = torch.optim.AdamW(projector.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    projector = Projector(projector_config).to(device)
+    optimizer = torch.optim.AdamW(projector.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step, best = 0, float("inf")
     log_path = out / "train_log.jsonl"
-    if args.resume:
+    if config.resume:
         if not (out / STATE_JSON).exists():
-            raise SystemExit(f"--resume: no {STATE_JSON} in {out}")
+            raise TrainingError(f"--resume: no {STATE_JSON} in {out}")
         loaded = Projector.load(out, backbone=backbone.name, hidden_size=backbone.hidden_size)
         projector.load_state_dict(loaded.state_dict())
         info = load_state(out, optimizer)
         step, best = int(info["step"]), float(info["best_heldout"])
         log.info("resumed at step %d (best held-out %.4f)", step, best)
-    elif args.init == "lstsq":
-        rows = lstsq_init(projector, train_eps, cache, ridge=args.ridge)
+    elif config.init == "lstsq":
+        rows = lstsq_init(projector, train_eps, cache, ridge=config.ridge)
         log.info("least-squares initialisation from %d token rows", rows)
     else:
         log_path.unlink(missing_ok=True)
@@ -401,10 +220,10 @@ def train(args: argparse.Namespace) -> dict:
         if heldout is not None and heldout < best:
             best = heldout
             projector.save(out / "best")
-        save_state(out, step, best, optimizer, {"args": {k: str(v) for k, v in vars(args).items()}})
+        save_state(out, step, best, optimizer, {"args": {k: str(v) for k, v in asdict(config).items()}})
 
     projector.train()
-    initial = heldout_loss(held, projector, cache, backbone, args.batch_size) if step == 0 else None
+    initial = heldout_loss(held, projector, cache, backbone, config.batch_size) if step == 0 else None
     if initial is not None:
         log.info("step 0 held-out loss %.4f", initial)
         record({"step": 0, "heldout_loss": initial, "elapsed_s": round(time.time() - t_start, 1)})
@@ -413,16 +232,16 @@ def train(args: argparse.Namespace) -> dict:
 
     from tqdm import tqdm
 
-    bar = tqdm(total=args.steps, initial=step, desc="train", disable=args.quiet, mininterval=2.0)
+    bar = tqdm(total=config.steps, initial=step, desc="train", disable=config.quiet, mininterval=2.0)
     t_train = time.time()
     last_held = initial
     running = None
     stopped_early = False
-    while step < args.steps:
-        rng = random.Random(args.seed * 1_000_003 + step)  # batch of a step is a function of (seed, step)
-        batch = [train_eps[rng.randrange(len(train_eps))] for _ in range(args.batch_size)]
+    while step < config.steps:
+        rng = random.Random(config.seed * 1_000_003 + step)  # batch of a step is a function of (seed, step)
+        batch = [train_eps[rng.randrange(len(train_eps))] for _ in range(config.batch_size)]
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
+            group["lr"] = warmup_cosine_lr(step, config.steps, config.lr, config.warmup, floor=LR_FLOOR)
         loss = batch_loss(batch, projector, cache, backbone)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -433,18 +252,18 @@ def train(args: argparse.Namespace) -> dict:
         running = value if running is None else 0.95 * running + 0.05 * value
         bar.update(1)
         bar.set_postfix(loss=f"{running:.3f}", held=f"{last_held:.3f}" if last_held is not None else "-")
-        timed_out = args.max_minutes is not None and (time.time() - t_train) / 60 >= args.max_minutes
-        if step % args.eval_every == 0 or step == args.steps or timed_out:
-            last_held = heldout_loss(held, projector, cache, backbone, args.batch_size)
+        timed_out = config.max_minutes is not None and (time.time() - t_train) / 60 >= config.max_minutes
+        if step % config.eval_every == 0 or step == config.steps or timed_out:
+            last_held = heldout_loss(held, projector, cache, backbone, config.batch_size)
             entry = {"step": step, "train_loss": round(running, 4), "heldout_loss": round(last_held, 4),
                      "lr": optimizer.param_groups[0]["lr"], "elapsed_s": round(time.time() - t_start, 1)}  # fmt: skip
             record(entry)
             bar.write(json.dumps(entry))
             checkpoint(last_held)
-        elif step % args.save_every == 0:
+        elif step % config.save_every == 0:
             checkpoint(None)
         if timed_out:
-            stopped_early = step < args.steps
+            stopped_early = step < config.steps
             break
     bar.close()
     summary = {
@@ -464,13 +283,3 @@ def train(args: argparse.Namespace) -> dict:
     record(summary)
     log.info("done: %s", json.dumps(summary))
     return summary
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    train(parse_args(argv))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,8 @@
-"""Image descriptions for connector training, built from the easy-VQA data set (PyPI ``easy-vqa``, MIT).
+"""The easy-VQA data set (PyPI ``easy-vqa``, MIT): its one loader, and image descriptions built from it.
 
 easy-VQA has 64x64 images of one coloured shape (3 shapes, 8 colours) with question-answer pairs.
-Only each image's *shape* and *colour* are read from those pairs; the connector is trained on
+``load_questions`` reads a split's pairs (``aim eval``'s benchmark). For connector training only each
+image's *shape* and *colour* are read from those pairs (``load_split``); the connector is trained on
 descriptions ("A red circle."), never on the question-answer format.
 """
 
@@ -69,23 +70,46 @@ def _attributes(qas: list[tuple[str, str]]) -> tuple[str | None, str | None]:
     return shape, color
 
 
+@dataclass(frozen=True)
+class EasyVqaQuestion:
+    image: Path
+    question: str
+    answer: str
+    image_id: int
+
+    @property
+    def qtype(self) -> str:
+        """``yes/no``, ``color`` or ``shape``: what kind of answer the question wants."""
+        return "yes/no" if self.answer in ("yes", "no") else "color" if self.answer in COLORS else "shape"
+
+
+def load_questions(split: str = "test") -> list[EasyVqaQuestion]:
+    """A split's question-answer pairs in file order: ``<split>/questions.json`` is a list of
+    ``[question, answer, image_id]`` and ``<split>/images/<image_id>.png`` the images."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    base = easy_vqa_dir() / split
+    return [
+        EasyVqaQuestion(base / "images" / f"{int(image_id)}.png", question, answer, int(image_id))
+        for question, answer, image_id in json.loads((base / "questions.json").read_text())
+    ]
+
+
 def load_split(split: str = "train") -> list[ShapeImage]:
     """The images of an easy-VQA split whose shape and colour its questions determine, in id order.
 
     easy-VQA 1.0: 3,578 of 4,000 train and 888 of 1,000 test images."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    base = easy_vqa_dir() / split
-    qs = json.loads((base / "questions.json").read_text())
     by_image: dict[int, list[tuple[str, str]]] = {}
-    for q, a, image_id in qs:
-        by_image.setdefault(int(image_id), []).append((q.lower(), a.lower()))
+    paths: dict[int, Path] = {}
+    for q in load_questions(split):
+        by_image.setdefault(q.image_id, []).append((q.question.lower(), q.answer.lower()))
+        paths[q.image_id] = q.image
     out = []
     for image_id in sorted(by_image):
         shape, color = _attributes(by_image[image_id])
         if shape is None or color is None:
             continue  # its questions do not pin both down: left out (easy-VQA 1.0 keeps 3,578 / 888)
-        out.append(ShapeImage(base / "images" / f"{image_id}.png", image_id, shape, color))
+        out.append(ShapeImage(paths[image_id], image_id, shape, color))
     return out
 
 

@@ -17,7 +17,6 @@ import copy
 import hashlib
 import json
 import logging
-import math
 import platform
 import random
 import shlex
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from projector.optim import token_weighted_loss, warmup_cosine_lr
 
 from . import DEFAULT_CONNECTOR
 from .build import IMAGE_TOKEN, NUM_IMAGE_TOKENS
@@ -132,7 +133,6 @@ def description_loss(
     return F.cross_entropy(logits, labels[mask], reduction=reduction)
 
 
-@torch.no_grad()
 def heldout_loss(
     model,
     batcher: DescriptionBatcher,
@@ -141,14 +141,14 @@ def heldout_loss(
     prefix: PrefixCache | None = None,
 ) -> float:
     """Mean per-token description loss on ``items``, phrasing ``i % len(TEMPLATES)`` for item ``i``."""
-    total, count = 0.0, 0
-    for s in range(0, len(items), batch_size):
-        chunk = items[s : s + batch_size]
-        texts = [describe(it, template=(s + j) % len(TEMPLATES)) for j, it in enumerate(chunk)]
+
+    def chunk_loss(chunk: list[ShapeImage], start: int) -> tuple[float, int]:
+        texts = [describe(it, template=(start + j) % len(TEMPLATES)) for j, it in enumerate(chunk)]
         batch = batcher(chunk, texts)
-        total += description_loss(model, batch, reduction="sum", prefix=prefix).item()
-        count += int((batch["labels"][:, 1:] != -100).sum())
-    return total / max(count, 1)
+        loss_sum = description_loss(model, batch, reduction="sum", prefix=prefix).item()
+        return loss_sum, int((batch["labels"][:, 1:] != -100).sum())
+
+    return token_weighted_loss(items, batch_size, chunk_loss)
 
 
 def eval_items(n: int, seed: int = 1234) -> list[ShapeImage]:
@@ -221,9 +221,7 @@ def train_connector(
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
 
     def lr_at(step: int) -> float:  # linear warm-up, cosine decay to 0
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        return 0.5 * lr * (1 + math.cos(math.pi * (step - warmup) / max(steps - warmup, 1)))
+        return warmup_cosine_lr(step, steps, lr, warmup)
 
     history: list[dict] = []
     prefix = PrefixCache(model, batcher.prefix_ids)

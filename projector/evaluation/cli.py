@@ -1,0 +1,71 @@
+"""``aim eval``: the command line mapped onto ``EvalConfig``, then ``run``; prints the results table.
+
+aim eval --model DIR --projector CKPT --benchmark easy-vqa --n-test 200 --out runs/eval
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from projector.evaluation.config import BENCHMARKS, SETTINGS, EvalConfig, EvaluationError
+from projector.training.config import DEFAULT_MODEL_CACHE
+
+DESCRIPTION = (
+    "Few-shot evaluation: zero-shot, raw multimodal ICL, AIM (trained / untrained projector) (``aim eval``)."
+)
+
+
+def parse_args(argv: list[str] | None) -> EvalConfig:
+    p = argparse.ArgumentParser(prog="aim eval", description=DESCRIPTION)
+    p.add_argument(
+        "--model", required=True, help="backbone: a LLaVA-family directory or hub id, 'tiny', 'aim-mini'"
+    )
+    p.add_argument("--projector", type=Path, default=None, help="trained projector checkpoint (for 'aim')")
+    p.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="NAME=CKPT",
+        help="evaluate another projector checkpoint as setting 'aim:NAME' (repeatable)",
+    )
+    p.add_argument("--benchmark", default="easy-vqa", choices=BENCHMARKS)
+    p.add_argument("--n-test", type=int, default=200)
+    p.add_argument(
+        "--pool", type=int, default=64, help="training-split questions the demonstrations come from"
+    )
+    p.add_argument("--shots", default="0,1,2,4,8")
+    p.add_argument("--settings", default=",".join(SETTINGS))
+    p.add_argument("--max-new-tokens", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--plain-templates",
+        action="store_true",
+        help="wrap demonstrations and queries as '<image>\\n{text}' instead of the model's own templates",
+    )
+    p.add_argument("--model-cache", type=Path, default=DEFAULT_MODEL_CACHE)
+    p.add_argument("--quiet", action="store_true")
+    return EvalConfig(**vars(p.parse_args(argv)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    from projector.evaluation.report import markdown_table
+    from projector.evaluation.runner import run
+
+    try:
+        summary = run(parse_args(argv))
+    except EvaluationError as exc:
+        print(f"aim eval: error: {exc}", file=sys.stderr)
+        return 2
+    print(markdown_table(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

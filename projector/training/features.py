@@ -1,0 +1,101 @@
+"""Frozen-backbone features per training item, computed once and cached in memory and on disk.
+
+What the backbone computes does not depend on the projector, so demonstration hidden states, query
+embeddings and target embeddings are computed once per distinct item; a training step is then one
+decoder forward/backward.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from projector.backbone import Backbone
+from projector.training.episodes import Episode, Pair
+
+
+@dataclass(frozen=True)
+class QueryFeatures:
+    prefix: torch.Tensor
+    body: torch.Tensor
+
+
+class FeatureCache:
+    """Frozen-backbone features per item, keyed by the item's content and the backbone's identity.
+
+    Demonstrations: hidden states at text positions ([n, d]); queries: prefix/body input embeddings;
+    targets: token ids and their input embeddings. All float32 on CPU; moved to the device per step.
+    """
+
+    def __init__(self, backbone: Backbone, *, layer: int = -1, cache_dir: Path | None = None) -> None:
+        self.backbone = backbone
+        self.layer = layer
+        ident = json.dumps({**backbone.identity(), "layer": layer}, sort_keys=True)
+        self.scope = hashlib.sha256(ident.encode()).hexdigest()[:16]
+        self.dir = Path(cache_dir) / self.scope if cache_dir is not None else None
+        if self.dir is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        self._demo: dict[str, torch.Tensor] = {}
+        self._query: dict[str, QueryFeatures] = {}
+        self._target: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _disk(self, kind: str, key: str) -> Path | None:
+        return self.dir / f"{kind}-{key}.safetensors" if self.dir is not None else None
+
+    def demonstration(self, pair: Pair) -> torch.Tensor:
+        key = pair.key
+        if key not in self._demo:
+            path = self._disk("d", key)
+            if path is not None and path.exists():
+                self._demo[key] = load_file(str(path))["h"]
+            else:
+                with torch.no_grad():  # not inference mode: the projector's input must be usable in backward
+                    enc = self.backbone.encode_demonstration(pair.load(), pair.text, layer=self.layer)
+                h = enc.hidden_states.float().cpu().contiguous()
+                if path is not None:
+                    save_file({"h": h}, str(path))
+                self._demo[key] = h
+        return self._demo[key]
+
+    def query(self, pair: Pair) -> QueryFeatures:
+        key = pair.key
+        if key not in self._query:
+            path = self._disk("q", key)
+            if path is not None and path.exists():
+                t = load_file(str(path))
+                self._query[key] = QueryFeatures(t["prefix"], t["body"])
+            else:
+                with torch.no_grad():
+                    q = self.backbone.embed_query(pair.load(), pair.text)
+                feats = QueryFeatures(q.prefix.float().cpu().contiguous(), q.body.float().cpu().contiguous())
+                if path is not None:
+                    save_file({"prefix": feats.prefix, "body": feats.body}, str(path))
+                self._query[key] = feats
+        return self._query[key]
+
+    def target(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if text not in self._target:
+            ids = torch.tensor(
+                self.backbone.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long
+            )
+            if ids.numel() == 0:
+                raise ValueError(f"empty target {text!r}")
+            with torch.no_grad():
+                emb = self.backbone.model.get_input_embeddings()(ids.to(self.backbone.device)).float().cpu()
+            self._target[text] = (ids, emb)
+        return self._target[text]
+
+    def warm(self, episodes: list[Episode], *, progress: bool = True) -> None:
+        """Compute every episode's features now (one pass with a progress bar)."""
+        from tqdm import tqdm
+
+        for ep in tqdm(episodes, desc="backbone features", disable=not progress, mininterval=2.0):
+            for d in ep.demonstrations:
+                self.demonstration(d)
+            self.query(ep.query)
+            self.target(ep.target)

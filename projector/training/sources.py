@@ -1,0 +1,39 @@
+"""``--data`` specs to episodes: the one place that knows every training source's spelling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from projector.training.config import TrainingError
+from projector.training.episodes import (
+    Episode,
+    document_episodes,
+    read_episodes_jsonl,
+    read_mmc4,
+    read_obelics,
+)
+from projector.training.generic import generic_episodes
+
+SPECS = "generic[:N], scenes[:N], jsonl:PATH, mmc4:PATH:IMAGE_DIR, obelics:PATH:IMAGE_DIR"
+
+
+def load_sources(specs: list[str], *, seed: int, max_shots: int) -> list[Episode]:
+    episodes: list[Episode] = []
+    for spec in specs:
+        kind, _, rest = spec.partition(":")
+        if kind in ("generic", "scenes"):
+            if rest and not rest.isdigit():
+                raise TrainingError(f"--data {kind}[:N] expected, got {spec!r}")
+            n = int(rest) if rest else 2000
+            episodes += generic_episodes(n, seed=seed, max_shots=max_shots, fashion=kind == "generic")
+        elif kind == "jsonl":
+            episodes += read_episodes_jsonl(Path(rest))
+        elif kind in ("mmc4", "obelics"):
+            path, _, image_dir = rest.rpartition(":")
+            if not path:
+                raise TrainingError(f"--data {kind}:JSONL:IMAGE_DIR expected, got {spec!r}")
+            reader = read_mmc4 if kind == "mmc4" else read_obelics
+            episodes += document_episodes(reader(Path(path), Path(image_dir)), max_shots=max_shots)
+        else:
+            raise TrainingError(f"unknown --data source {spec!r}: {SPECS}")
+    return episodes

@@ -1,0 +1,54 @@
+"""An evaluation run on the tiny model (easy-VQA questions), and its configuration errors."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from projector.backbone import Backbone
+from projector.evaluation.cli import main, parse_args
+from projector.evaluation.config import EvalConfig, EvaluationError
+from projector.evaluation.runner import run
+from projector.projector import Projector
+
+
+@pytest.mark.skipif(importlib.util.find_spec("easy_vqa") is None, reason="needs the easy-vqa package")
+def test_evaluation_smoke(tiny_model_dir: Path, backbone: Backbone, tmp_path: Path) -> None:
+    ckpt = Projector.identity(backbone=backbone.name, hidden_size=backbone.hidden_size).save(tmp_path / "p")
+    summary = run(EvalConfig(model=str(tiny_model_dir), projector=ckpt, n_test=3, pool=4, shots="0,1",
+                             out=tmp_path / "eval", quiet=True, device="cpu", max_new_tokens=2))  # fmt: skip
+    rows = {(r["setting"], r["k"]): r for r in summary["results"]}
+    assert set(rows) == {("zero-shot", 0), ("raw-icl", 1), ("aim", 1), ("aim-identity", 1)}
+    # One demonstration costs its text tokens with AIM and text + image tokens raw.
+    assert rows[("aim", 1)]["prompt_tokens"] < rows[("raw-icl", 1)]["prompt_tokens"]
+    assert rows[("aim", 1)]["prompt_tokens"] > rows[("zero-shot", 0)]["prompt_tokens"]
+    for name in ("results.json", "results.md", "results.png", "predictions.jsonl"):
+        assert (tmp_path / "eval" / name).stat().st_size > 0
+    assert "| AIM (trained projector) | 1 |" in (tmp_path / "eval" / "results.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"settings": "aim,few-shot"}, "unknown settings \\['few-shot'\\]"),
+        ({"settings": "aim"}, "setting 'aim' needs --projector"),
+        ({"also": ["nocheckpoint"]}, "--also NAME=CKPT expected"),
+        ({"benchmark": "vqav2"}, "unknown benchmark 'vqav2'"),
+        ({"shots": "1,two"}, "--shots takes comma-separated whole numbers"),
+    ],
+)
+def test_bad_configurations_are_evaluation_errors(overrides: dict, message: str) -> None:
+    with pytest.raises(EvaluationError, match=message):
+        EvalConfig(model="tiny", out=Path("out"), **{"settings": "zero-shot", **overrides})
+
+
+def test_the_command_line_maps_onto_the_config_and_errors_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert parse_args(["--model", "tiny", "--out", "o", "--projector", "p"]) == EvalConfig(
+        model="tiny", out=Path("o"), projector=Path("p")
+    )
+    assert main(["--model", "tiny", "--out", str(tmp_path), "--settings", "aim"]) == 2
+    assert "aim eval: error: setting 'aim' needs --projector" in capsys.readouterr().err
