@@ -7,13 +7,16 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from bank import DemonstrationBank, fingerprint, open_redis
 from projector.backbone import Backbone, load_backbone
 from projector.encoder import AimEncoder
 from projector.models import SHIPPED_PROJECTORS
 from projector.projector import Projector
+from server.auth import ApiKeys, get_tenant
 from server.body_limit import BodySizeLimit
 from server.demonstrations.api_router import router as demonstrations_router
 from server.demonstrations.serving import DemonstrationService
@@ -123,10 +126,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings or Settings()
     app.state.aim = None
-    app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_body_bytes)
+    settings = app.state.settings
+    app.state.api_keys = ApiKeys.from_settings(settings)  # bad keys stop the server here, not a request
+    # Middleware runs outside-in in the reverse order of adding: hosts, then CORS, then the body limit.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    if settings.trusted_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.trusted_hosts)
     install_error_handlers(app)
     install_openapi(app)
-    app.include_router(demonstrations_router)
-    app.include_router(generate_router)
-    app.include_router(health_router)
+    authenticated = [Depends(get_tenant)]
+    app.include_router(demonstrations_router, dependencies=authenticated)
+    app.include_router(generate_router, dependencies=authenticated)
+    app.include_router(health_router)  # /health is open; /ready and /metrics authenticate themselves
     return app

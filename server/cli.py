@@ -21,6 +21,8 @@ TOOLS = {
 
 
 def serve(argv: list[str]) -> int:
+    from pydantic import ValidationError
+
     from server.settings import Settings
 
     parser = argparse.ArgumentParser(
@@ -33,7 +35,14 @@ def serve(argv: list[str]) -> int:
     parser.add_argument("--engine", choices=["auto", "vllm", "transformers"], help="engine (AIM_ENGINE)")
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        # Messages only: pydantic's own text repeats the raw input, which may hold API keys.
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "settings"
+            print(f"aim serve: {where}: {error['msg']}", file=sys.stderr)
+        return 2
 
     import uvicorn
 
@@ -42,7 +51,14 @@ def serve(argv: list[str]) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    from server.auth import ApiKeyConfigError
+
+    try:
+        app = create_app(settings)
+    except ApiKeyConfigError as exc:
+        print(f"aim serve: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
     return 0
 
 

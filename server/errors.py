@@ -24,6 +24,7 @@ class APIError(Exception):
 
     status_code = 400
     type = "invalid_request_error"
+    headers: dict[str, str] | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str = "invalid_value") -> None:
         if param and not message.startswith(f"{param}:"):
@@ -79,7 +80,7 @@ def param_path(loc: Sequence[Any]) -> str | None:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return envelope(exc.status_code, exc.message, exc.type, exc.param, exc.code)
+        return envelope(exc.status_code, exc.message, exc.type, exc.param, exc.code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

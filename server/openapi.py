@@ -28,7 +28,8 @@ class ErrorResponse(BaseModel):
 
 _WHEN = {
     400: "A field is missing, ill-typed or out of range (the envelope's param names it)",
-    404: "An id or set that does not exist",
+    401: "API keys are configured and the request has none, or an unknown one",
+    404: "An id or set that does not exist (or belongs to another tenant)",
     413: "The body, an image, the request's images together or a metadata object is over its limit",
     503: "Starting (not_ready), the bank unreachable (bank_unreachable, with Retry-After) or the engine unhealthy",
 }

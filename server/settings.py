@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -18,6 +19,24 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="interface to listen on")
     port: int = Field(8000, ge=1, le=65535, description="port to listen on")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # -- access -------------------------------------------------------------------------------------
+    api_keys: SecretStr | None = Field(
+        None,
+        description="'tenant=key,tenant=key': enables 'Authorization: Bearer KEY' on every route but "
+        "/health; each tenant sees only its own demonstrations and sets",
+    )
+    api_keys_file: Path | None = Field(None, description="a file of 'tenant=key' lines, same meaning")
+    admin_api_key: SecretStr | None = Field(
+        None, description="a key for bank-wide operations; it works in the shared namespace"
+    )
+    allow_unauthenticated: bool = Field(
+        False, description="serve a non-loopback address without API keys (anyone who can reach it can write)"
+    )
+    trusted_hosts: list[str] | None = Field(
+        None, description='accepted Host headers (e.g. ["aim.example.com"]); none: any'
+    )
+    cors_origins: list[str] | None = Field(None, description="origins allowed by CORS; none: CORS off")
 
     # -- model --------------------------------------------------------------------------------------
     model: str = Field(
@@ -105,3 +124,26 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("redis_url must start with redis://, rediss:// or unix://")
         return value
+
+    @model_validator(mode="after")
+    def _no_open_door(self) -> Settings:
+        """An unauthenticated server on a reachable address lets anyone read, poison or delete the bank."""
+        if not _is_loopback(self.host) and not self.has_api_keys and not self.allow_unauthenticated:
+            raise ValueError(
+                f"host {self.host!r} is reachable from other machines and no API keys are set: set "
+                "AIM_API_KEYS (or AIM_API_KEYS_FILE), or AIM_ALLOW_UNAUTHENTICATED=1 to serve it open"
+            )
+        return self
+
+    @property
+    def has_api_keys(self) -> bool:
+        return bool(self.api_keys or self.api_keys_file or self.admin_api_key)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve anywhere

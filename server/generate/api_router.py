@@ -39,7 +39,7 @@ async def _events(service: GenerateService, prepared: PreparedRequest) -> AsyncI
             "content": {"text/event-stream": {"schema": SSE_EVENT}},
             "description": "JSON, or with stream: true server-sent events ending with data: [DONE]",
         },
-        **errors(400, 404, 413, 503),
+        **errors(401, 400, 404, 413, 503),
     },
 )
 async def generate(

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from server.auth import get_tenant
 from server.deps import StateDep
 from server.errors import ServiceUnavailableError
 from server.openapi import errors
@@ -17,7 +18,7 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", responses=errors(503))
+@router.get("/ready", responses=errors(401, 503), dependencies=[Depends(get_tenant)])
 async def ready(request: Request) -> dict:
     """Model loaded, engine healthy and bank reachable."""
     state = getattr(request.app.state, "aim", None)
@@ -42,7 +43,12 @@ async def ready(request: Request) -> dict:
     }
 
 
-@router.get("/metrics", response_class=PlainTextResponse, responses=errors(503))
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses=errors(401, 503),
+    dependencies=[Depends(get_tenant)],
+)
 async def metrics(state: StateDep) -> Response:
     state.metrics.bank_cache_hits.set(state.bank.cache_hits)
     state.metrics.bank_cache_misses.set(state.bank.cache_misses)
