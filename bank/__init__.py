@@ -10,8 +10,6 @@ from bank.ids import demonstration_id
 from bank.store import (
     CorruptRecordError,
     DemonstrationBank,
-    NewDemonstration,
-    PutResult,
     UnknownDemonstrationError,
     UnknownSetError,
 )
@@ -22,8 +20,6 @@ __all__ = [
     "CorruptRecordError",
     "DemonstrationBank",
     "DemonstrationRecord",
-    "NewDemonstration",
-    "PutResult",
     "RedisConnection",
     "UnknownDemonstrationError",
     "UnknownSetError",

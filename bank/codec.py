@@ -29,6 +29,8 @@ class CodecError(ValueError):
 
 @dataclass(frozen=True)
 class DemonstrationRecord:
+    """A demonstration as stored; written with ``created_at`` 0, which the bank sets on write."""
+
     id: str
     fused_tokens: torch.Tensor  # [n, hidden]
     text: str
@@ -77,17 +79,41 @@ def encode_record(record: DemonstrationRecord) -> bytes:
     return save({TENSOR_NAME: tensor}, metadata=meta)
 
 
-def _read_metadata(blob: bytes) -> dict[str, str]:
-    if len(blob) < 8:
+def header_end(head: bytes) -> int:
+    """Where a blob's header ends, from its first 8 bytes: the tensor data starts there."""
+    if len(head) < 8:
         raise CodecError("record is truncated")
-    (header_len,) = struct.unpack("<Q", blob[:8])
-    if header_len > min(_MAX_HEADER_BYTES, len(blob) - 8):
+    (header_len,) = struct.unpack("<Q", head[:8])
+    if header_len > _MAX_HEADER_BYTES:
+        raise CodecError("record header length is out of range")
+    return 8 + header_len
+
+
+def _read_header(head: bytes) -> dict[str, Any]:
+    """The JSON header of a blob; ``head`` may stop anywhere after the header."""
+    end = header_end(head)
+    if end > len(head):
         raise CodecError("record header length is out of range")
     try:
-        header = json.loads(blob[8 : 8 + header_len])
+        header = json.loads(head[8:end])
     except ValueError as exc:
         raise CodecError(f"record header is not JSON: {exc}") from exc
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(header, dict):
+        raise CodecError("record header is not a JSON object")
+    return header
+
+
+def num_fused_tokens(head: bytes) -> int:
+    """The fused-token count from a blob's header alone: the tensor bytes need not be read."""
+    entry = _read_header(head).get(TENSOR_NAME)
+    shape = entry.get("shape") if isinstance(entry, dict) else None
+    if not (isinstance(shape, list) and len(shape) == 2 and isinstance(shape[0], int)):
+        raise CodecError(f"record header has no 2-D {TENSOR_NAME!r} tensor")
+    return shape[0]
+
+
+def _read_metadata(blob: bytes) -> dict[str, str]:
+    meta = _read_header(blob).get("__metadata__")
     if not isinstance(meta, dict):
         raise CodecError("record has no metadata")
     return meta

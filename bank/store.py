@@ -14,25 +14,46 @@ Every mutation is one Lua script: it happens completely or not at all.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
 
 import redis.asyncio as aioredis
-import torch
 from cachetools import LRUCache
 
-from bank.codec import CodecError, DemonstrationRecord, decode_record, encode_record
+from bank.codec import (
+    CodecError,
+    DemonstrationRecord,
+    decode_record,
+    encode_record,
+    header_end,
+    num_fused_tokens,
+)
 
 KEY_VERSION = "v1"
+# Bytes read to find a blob's token count: its header (shape, offsets, text and metadata) usually fits.
+HEADER_PROBE_BYTES = 4096
 
+log = logging.getLogger(__name__)
+
+# ARGV: prefix, set name ('' for none), then (id, blob) pairs in the order they join the set. An empty
+# blob (no stored blob is empty) means "already stored": those ids are checked before anything is
+# written, and if any is missing the script writes nothing and returns them. Existing blobs are never
+# overwritten (SET NX), so a known id costs no tensor bytes either way.
 _PUT = """
-local prefix, set, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local created = {}
-for i = 1, n do
-  local id, blob = ARGV[2 + 2 * i], ARGV[3 + 2 * i]
-  created[i] = redis.call('SET', prefix .. 'demo:' .. id, blob, 'NX') and 1 or 0
+local prefix, set = ARGV[1], ARGV[2]
+local missing, created = {}, {}
+for i = 3, #ARGV, 2 do
+  if ARGV[i + 1] == '' and redis.call('EXISTS', prefix .. 'demo:' .. ARGV[i]) == 0 then
+    missing[#missing + 1] = ARGV[i]
+  end
+end
+if #missing > 0 then return {missing, created} end
+for i = 3, #ARGV, 2 do
+  local id, blob = ARGV[i], ARGV[i + 1]
+  created[#created + 1] = blob ~= '' and redis.call('SET', prefix .. 'demo:' .. id, blob, 'NX') and 1 or 0
   if set ~= '' then
     if redis.call('SADD', prefix .. 'set-members:' .. set, id) == 1 then
       redis.call('RPUSH', prefix .. 'set:' .. set, id)
@@ -40,8 +61,8 @@ for i = 1, n do
     redis.call('SADD', prefix .. 'demo-sets:' .. id, set)
   end
 end
-if set ~= '' and n > 0 then redis.call('SADD', prefix .. 'sets', set) end
-return created
+if set ~= '' and #created > 0 then redis.call('SADD', prefix .. 'sets', set) end
+return {missing, created}
 """
 
 _DELETE_DEMO = """
@@ -87,23 +108,6 @@ class CorruptRecordError(RuntimeError):
         self.demonstration_id = demonstration_id
 
 
-@dataclass(frozen=True)
-class NewDemonstration:
-    id: str
-    fused_tokens: torch.Tensor
-    text: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-    image_tokens: int = 0
-    raw_tokens: int = 0
-
-
-@dataclass(frozen=True)
-class PutResult:
-    id: str
-    fused_tokens: int
-    created: bool
-
-
 class DemonstrationBank:
     """Fused tokens of one fingerprint, with an in-process LRU in front of Redis.
 
@@ -140,27 +144,34 @@ class DemonstrationBank:
 
     # -- writes -----------------------------------------------------------------------------------
     async def put_many(
-        self, items: Sequence[NewDemonstration], *, set_name: str | None = None
-    ) -> list[PutResult]:
-        """Store all items and append them to ``set_name``, atomically. Existing ids are left as they are."""
+        self, entries: Sequence[DemonstrationRecord | str], *, set_name: str | None = None
+    ) -> list[bool]:
+        """Store the records and append every entry to ``set_name`` in order, atomically; say which
+        records were created (an id stored before is left as it is).
+
+        A plain id stands for a demonstration already stored: it joins the set without its tensor
+        being read or written. If any such id is missing, ``UnknownDemonstrationError`` names them all
+        and nothing is written.
+        """
         now = time.time()
-        args: list[Any] = [self.prefix, set_name or "", len(items)]
-        for item in items:
-            record = DemonstrationRecord(
-                id=item.id,
-                fused_tokens=item.fused_tokens,
-                text=item.text,
-                metadata=item.metadata,
-                created_at=now,
-                image_tokens=item.image_tokens,
-                raw_tokens=item.raw_tokens,
-            )
-            args += [item.id, encode_record(record)]
-        created = await self._put(keys=[], args=args)
-        return [
-            PutResult(id=item.id, fused_tokens=int(item.fused_tokens.shape[0]), created=bool(flag))
-            for item, flag in zip(items, created, strict=True)
-        ]
+        args: list[Any] = [self.prefix, set_name or ""]
+        for entry in entries:
+            if isinstance(entry, str):
+                args += [entry, b""]
+            else:
+                args += [entry.id, encode_record(replace(entry, created_at=now))]
+        missing, created = await self._put(keys=[], args=args)
+        if missing:
+            raise UnknownDemonstrationError([i.decode() for i in missing])
+        return [bool(flag) for flag in created]
+
+    async def add_to_set(self, ids: Sequence[str], set_name: str) -> None:
+        """Append stored demonstrations to ``set_name`` (in order, skipping members), atomically; no
+        tensor is read, decoded or rewritten. Unknown ids raise ``UnknownDemonstrationError`` and
+        nothing is written."""
+        if not set_name:
+            raise ValueError("add_to_set needs a set name")
+        await self.put_many(list(ids), set_name=set_name)
 
     async def delete(self, demonstration_id: str) -> bool:
         self._cache.pop(demonstration_id, None)
@@ -176,6 +187,45 @@ class DemonstrationBank:
                 pipe.exists(self._demo_key(i))
             flags = await pipe.execute()
         return {i for i, flag in zip(ids, flags, strict=True) if flag}
+
+    async def fused_token_counts(self, ids: Sequence[str]) -> dict[str, int]:
+        """Fused-token counts of the stored ones among ``ids``, read from the blobs' headers only
+        (one batched call; a second one only for a header longer than ``HEADER_PROBE_BYTES``).
+
+        A blob whose header is damaged is removed and left out, so that registering it again
+        re-creates it.
+        """
+        async with self.client.pipeline(transaction=False) as pipe:
+            for i in ids:
+                pipe.getrange(self._demo_key(i), 0, HEADER_PROBE_BYTES - 1)
+            heads = dict(zip(ids, await pipe.execute(), strict=True))
+        heads = {i: h for i, h in heads.items() if h}  # GETRANGE of a missing key is empty
+        counts: dict[str, int] = {}
+        long: dict[str, int] = {}  # id -> where its header ends, past the probe
+        for i, head in heads.items():
+            try:
+                if (end := header_end(head)) > len(head) == HEADER_PROBE_BYTES:
+                    long[i] = end
+                else:
+                    counts[i] = num_fused_tokens(head)
+            except CodecError as exc:
+                await self._evict_damaged(i, exc)
+        if long:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for i, end in long.items():
+                    pipe.getrange(self._demo_key(i), 0, end - 1)
+                for i, head in zip(long, await pipe.execute(), strict=True):
+                    if not head:  # deleted since the first read
+                        continue
+                    try:
+                        counts[i] = num_fused_tokens(head)
+                    except CodecError as exc:
+                        await self._evict_damaged(i, exc)
+        return counts
+
+    async def _evict_damaged(self, demonstration_id: str, exc: CodecError) -> None:
+        log.warning("stored demonstration %s is corrupt (%s); removed", demonstration_id, exc)
+        await self.delete(demonstration_id)
 
     async def get_many(self, ids: Sequence[str]) -> list[DemonstrationRecord]:
         """Records in the order asked; raises ``UnknownDemonstrationError`` naming every missing id."""

@@ -40,6 +40,8 @@ from projector.backbone import Backbone, QueryEmbedding
 from projector.encoder import AimEncoder
 from projector.projector import Projector
 from projector.prompt import assemble_prompt
+from server.engines.base import SamplingOptions
+from server.engines.vllm_engine import VllmEngine  # vLLM itself is imported when the engine starts
 from server.settings import MiB, Settings
 
 COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "teal", "pink", "brown", "gray"]
@@ -116,26 +118,23 @@ class Row:
     runs: dict[int, int] = field(default_factory=dict)
 
 
-async def one_request(engine, embeds: torch.Tensor, max_tokens: int) -> tuple[float, float, int]:
+async def one_request(engine: VllmEngine, embeds: torch.Tensor, max_tokens: int) -> tuple[float, float, int]:
     """(seconds to first token, seconds to last, output tokens). EOS is ignored so that every prompt
     produces the same number of tokens: otherwise a random model's early EOS would decide throughput."""
-    from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
-
-    params = SamplingParams(
-        temperature=0.0, max_tokens=max_tokens, ignore_eos=True, output_kind=RequestOutputKind.CUMULATIVE
-    )
+    options = SamplingOptions(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
     start = time.perf_counter()
     first = None
     tokens = 0
-    async for out in engine.llm.generate({"prompt_embeds": embeds}, params, f"bench-{uuid.uuid4().hex}"):
-        tokens = len(out.outputs[0].token_ids)
+    async for out in engine.generate(embeds, options, f"bench-{uuid.uuid4().hex}"):
+        tokens = len(out.token_ids)
         if first is None and tokens:
             first = time.perf_counter() - start
     return first or 0.0, time.perf_counter() - start, tokens
 
 
-async def measure(engine, prompts: list[torch.Tensor], max_tokens: int) -> tuple[float, float, float]:
+async def measure(
+    engine: VllmEngine, prompts: list[torch.Tensor], max_tokens: int
+) -> tuple[float, float, float]:
     """Run ``prompts`` at once: (peak KV MiB, mean TTFT ms, output tokens/s over the wall time)."""
     engine.reset_peaks()
     start = time.perf_counter()
@@ -149,7 +148,6 @@ async def measure(engine, prompts: list[torch.Tensor], max_tokens: int) -> tuple
 
 async def bench(args) -> tuple[list[Row], dict]:
     from bench.models import load_bench_backbones
-    from server.engines.vllm_engine import VllmEngine
 
     t0 = time.perf_counter()
     v15, nxt = load_bench_backbones(args.cache_dir / "models")
@@ -173,10 +171,11 @@ async def bench(args) -> tuple[list[Row], dict]:
     )
     t0 = time.perf_counter()
     # The decoder weights are shared by both geometries: one engine serves every prompt.
-    engine = await VllmEngine.start(engine_settings, v15, max_model_len=args.max_model_len)
-    t_start = time.perf_counter() - t0
+    engine = VllmEngine(engine_settings, v15, max_model_len=args.max_model_len)
     rows: list[Row] = []
     try:
+        await engine.start()
+        t_start = time.perf_counter() - t0
         for _ in range(2):  # warm-up: first requests pay one-off allocation and kernel set-up
             await measure(engine, [settings_[0].prompt("raw", 1, q) for q in range(8)], args.max_tokens)
         t0 = time.perf_counter()
@@ -232,7 +231,7 @@ async def bench(args) -> tuple[list[Row], dict]:
         "measure_s": t_measure,
         "kv_block_tokens": engine.kv_block_tokens,
         "kv_block_bytes": engine.kv_block_bytes,
-        "prefill_tokens_per_step": engine.llm.vllm_config.scheduler_config.max_num_batched_tokens,
+        "prefill_tokens_per_step": engine.max_num_batched_tokens,
         "hidden": v15.hidden_size,
         "layers": v15.model.config.text_config.num_hidden_layers,
         "settings": [(s.name, s.image_tokens) for s in settings_],

@@ -70,6 +70,34 @@ def make_settings(
     return Settings(**values)
 
 
+def count_calls(monkeypatch, owner: object, name: str) -> list[tuple]:
+    """Wrap the real ``owner.name`` so each call's arguments are recorded; it still does its work."""
+    real = getattr(owner, name)
+    calls: list[tuple] = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return calls
+
+
+async def bank_snapshot(client, prefix: str) -> dict[bytes, tuple[str, object, int]]:
+    """Every key under ``prefix`` with its type, content and TTL in ms: what any write would change."""
+    snapshot: dict[bytes, tuple[str, object, int]] = {}
+    for key in sorted([k async for k in client.scan_iter(match=f"{prefix}*")]):
+        kind = (await client.type(key)).decode()
+        if kind == "string":
+            value: object = await client.get(key)
+        elif kind == "list":
+            value = await client.lrange(key, 0, -1)
+        else:
+            value = sorted(await client.smembers(key))
+        snapshot[key] = (kind, value, await client.pttl(key))
+    return snapshot
+
+
 class RunningApp:
     def __init__(self, app, client: httpx.AsyncClient) -> None:
         self.app = app

@@ -10,7 +10,7 @@ from PIL import Image
 
 from bank import (
     DemonstrationBank,
-    NewDemonstration,
+    DemonstrationRecord,
     UnknownDemonstrationError,
     UnknownSetError,
     demonstration_id,
@@ -89,35 +89,45 @@ class DemonstrationService:
     async def register(self, request: RegisterRequest) -> RegisterResponse:
         checked = await self._check(request)  # every item is valid before anything is encoded or written
         unique = {c.id: c for c in checked}
-        existing = await self.bank.existing(list(unique))
-        stored = {r.id: r for r in await self.bank.get_many(sorted(existing))} if existing else {}
-        new: dict[str, NewDemonstration] = {}
-        for c in unique.values():
-            if c.id in stored:
-                r = stored[c.id]
-                new[c.id] = NewDemonstration(
-                    c.id, r.fused_tokens, r.text, r.metadata, r.image_tokens, r.raw_tokens
-                )
-                continue
-            fused = await asyncio.to_thread(self.encoder.encode_demonstration, c.image, c.text)
-            new[c.id] = NewDemonstration(
-                id=c.id,
-                fused_tokens=fused.fused_tokens,
-                text=c.text,
-                metadata=c.metadata,
-                image_tokens=fused.image_tokens,
-                raw_tokens=fused.raw_tokens,
-            )
-        results = {r.id: r for r in await self.bank.put_many(list(new.values()), set_name=request.set)}
-        self.metrics.demonstrations_registered.inc(sum(r.created for r in results.values()))
+        # Known demonstrations join the set by id: their tensors are never read, decoded or rewritten.
+        counts = await self.bank.fused_token_counts(list(unique))
+        records: dict[str, DemonstrationRecord] = {}
+        while True:
+            for c in unique.values():
+                if c.id not in counts and c.id not in records:
+                    records[c.id] = await self._encode(c)
+            try:
+                created = await self.bank.put_many([records.get(i, i) for i in unique], set_name=request.set)
+                break
+            except UnknownDemonstrationError as exc:
+                # Deleted (by another request or replica) between the check and the write, and the
+                # script wrote nothing: encode those too and write again. Each round moves at least
+                # one id from known to encoded, so this ends.
+                for i in exc.ids:
+                    counts.pop(i, None)
+        counts.update((i, r.num_fused_tokens) for i, r in records.items())
+        was_created = dict(zip(unique, created, strict=True))
+        self.metrics.demonstrations_registered.inc(sum(created))
         items, seen = [], set()
         for c in checked:  # one answer per item, in request order; a repeat within the request is not new
-            r = results[c.id]
             items.append(
-                RegisteredItem(id=c.id, fused_tokens=r.fused_tokens, created=r.created and c.id not in seen)
+                RegisteredItem(
+                    id=c.id, fused_tokens=counts[c.id], created=was_created[c.id] and c.id not in seen
+                )
             )
             seen.add(c.id)
         return RegisterResponse(set=request.set, items=items)
+
+    async def _encode(self, item: _Checked) -> DemonstrationRecord:
+        fused = await asyncio.to_thread(self.encoder.encode_demonstration, item.image, item.text)
+        return DemonstrationRecord(
+            id=item.id,
+            fused_tokens=fused.fused_tokens,
+            text=item.text,
+            metadata=item.metadata,
+            image_tokens=fused.image_tokens,
+            raw_tokens=fused.raw_tokens,
+        )
 
     async def get(self, demonstration_id: str) -> Demonstration:
         try:

@@ -6,10 +6,15 @@ import importlib.util
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from projector.backbone import Backbone
 from server.engines.base import Engine
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.engines.transformers_engine import TransformersEngine
+    from server.engines.vllm_engine import VllmEngine
 
 log = logging.getLogger(__name__)
 
@@ -42,27 +47,27 @@ def resolve_max_model_len(settings: Settings, backbone: Backbone) -> int:
     return min(backbone.max_position_embeddings, DEFAULT_MAX_MODEL_LEN_CAP)
 
 
-@asynccontextmanager
-async def build_engine(settings: Settings, backbone: Backbone) -> AsyncIterator[Engine]:
-    name = resolve_engine_name(settings)
-    max_model_len = resolve_max_model_len(settings, backbone)
-    log.info("starting %s engine (max_model_len=%d)", name, max_model_len)
+def engine_class(name: str) -> type[VllmEngine] | type[TransformersEngine]:
+    # Imported on demand: vLLM is optional and heavy.
     if name == "vllm":
         from server.engines.vllm_engine import VllmEngine
 
-        engine = await VllmEngine.start(settings, backbone, max_model_len=max_model_len)
-    else:
-        from server.engines.transformers_engine import TransformersEngine
+        return VllmEngine
+    from server.engines.transformers_engine import TransformersEngine
 
-        engine = TransformersEngine(
-            backbone.model,
-            backbone.tokenizer,
-            max_model_len=max_model_len,
-            max_num_seqs=settings.max_num_seqs,
-            batch_wait_ms=settings.batch_wait_ms,
-        )
-        await engine.start()
+    return TransformersEngine
+
+
+@asynccontextmanager
+async def build_engine(settings: Settings, backbone: Backbone) -> AsyncIterator[Engine]:
+    """Every engine the same way: a cheap constructor, ``start()``, and ``shutdown()`` in ``finally``
+    (also when start-up fails half-way, so nothing it spawned outlives the server)."""
+    name = resolve_engine_name(settings)
+    max_model_len = resolve_max_model_len(settings, backbone)
+    log.info("starting %s engine (max_model_len=%d)", name, max_model_len)
+    engine: Engine = engine_class(name)(settings, backbone, max_model_len=max_model_len)
     try:
+        await engine.start()
         yield engine
     finally:
         await engine.shutdown()

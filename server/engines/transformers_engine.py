@@ -15,7 +15,16 @@ from dataclasses import dataclass
 
 import torch
 
-from server.engines.base import EngineError, EngineOutput, EngineStats, SamplingOptions, apply_stop
+from projector.backbone import Backbone
+from server.engines.base import (
+    EngineError,
+    EngineLifecycle,
+    EngineOutput,
+    EngineStats,
+    SamplingOptions,
+    apply_stop,
+)
+from server.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -29,39 +38,28 @@ class _Request:
     cancelled: bool = False
 
 
-class TransformersEngine:
+class TransformersEngine(EngineLifecycle):
     name = "transformers"
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        tokenizer,
-        *,
-        max_model_len: int,
-        max_num_seqs: int = 16,
-        batch_wait_ms: float = 5.0,
-    ) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.max_model_len = max_model_len
-        self.max_num_seqs = max_num_seqs
-        self.batch_wait_s = batch_wait_ms / 1000
-        eos = model.generation_config.eos_token_id
-        eos = tokenizer.eos_token_id if eos is None else eos
-        self.eos_token_ids = {eos} if isinstance(eos, int) else set(eos)
-        self.pad_token_id = (
-            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_token_ids)
-        )
+    def __init__(self, settings: Settings, backbone: Backbone, *, max_model_len: int) -> None:
+        super().__init__(max_model_len=max_model_len)
+        self.model = backbone.model
+        self.tokenizer = backbone.tokenizer
+        self.max_num_seqs = settings.max_num_seqs
+        self.batch_wait_s = settings.batch_wait_ms / 1000
+        self.eos_token_ids = set(backbone.eos_token_ids)
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else min(self.eos_token_ids)
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._inflight: dict[str, _Request] = {}
         self._worker: asyncio.Task | None = None
         self._stats = EngineStats()
 
     # -- lifecycle --------------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def _start(self) -> None:
         self._worker = asyncio.create_task(self._loop(), name="transformers-engine")
 
-    async def shutdown(self) -> None:
+    async def _shutdown(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -70,9 +68,10 @@ class TransformersEngine:
             if not request.future.done():
                 request.future.set_exception(EngineError("engine shut down"))
 
-    async def check_health(self) -> None:
+    def _failure(self) -> str | None:
         if self._worker is None or self._worker.done():
-            raise EngineError("transformers engine worker is not running")
+            return "its worker is not running"
+        return None
 
     def stats(self) -> EngineStats:
         return self._stats
@@ -81,6 +80,7 @@ class TransformersEngine:
     async def generate(
         self, prompt_embeds: torch.Tensor, options: SamplingOptions, request_id: str
     ) -> AsyncIterator[EngineOutput]:
+        self._require_running()
         if prompt_embeds.dim() != 2:
             raise EngineError(f"prompt_embeds must be [seq, hidden], got {tuple(prompt_embeds.shape)}")
         request = _Request(request_id, prompt_embeds, options, asyncio.get_running_loop().create_future())
@@ -144,7 +144,8 @@ class TransformersEngine:
             "attention_mask": mask,
             "max_new_tokens": max(r.options.max_tokens for r in group),
             "pad_token_id": self.pad_token_id,
-            "eos_token_id": sorted(self.eos_token_ids),
+            # None turns off EOS stopping (the group shares ignore_eos, see _group).
+            "eos_token_id": None if options.ignore_eos else sorted(self.eos_token_ids),
         }
         if options.temperature > 0:
             kwargs.update(do_sample=True, temperature=options.temperature, top_p=options.top_p, top_k=0)
@@ -158,7 +159,7 @@ class TransformersEngine:
     def _finish(self, tokens: list[int], options: SamplingOptions) -> EngineOutput:
         reason = "length"
         for i, token in enumerate(tokens[: options.max_tokens]):
-            if token in self.eos_token_ids:
+            if token in self.eos_token_ids and not options.ignore_eos:
                 tokens, reason = tokens[:i], "stop"
                 break
         else:
@@ -172,7 +173,8 @@ class TransformersEngine:
 
 def _group(requests) -> list[list[_Request]]:
     """Requests that can share one ``generate`` call: all greedy ones together; sampled ones with the
-    same temperature and top_p together; a seeded sampled request alone (its seed must be its own)."""
+    same temperature and top_p together; a seeded sampled request alone (its seed must be its own).
+    Requests that ignore EOS never share a call with those that stop at it."""
     groups: dict[tuple, list[_Request]] = {}
     for r in requests:
         o = r.options
@@ -182,5 +184,5 @@ def _group(requests) -> list[list[_Request]]:
             key = ("sample", o.temperature, o.top_p)
         else:
             key = ("seeded", id(r))
-        groups.setdefault(key, []).append(r)
+        groups.setdefault((o.ignore_eos, *key), []).append(r)
     return list(groups.values())

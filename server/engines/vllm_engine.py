@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from projector.backbone import Backbone
-from server.engines.base import EngineError, EngineOutput, EngineStats, SamplingOptions
+from server.engines.base import EngineError, EngineLifecycle, EngineOutput, EngineStats, SamplingOptions
 from server.engines.vllm_export import export_language_model
 from server.settings import MiB, Settings
 
@@ -130,34 +130,31 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-class VllmEngine:
+class VllmEngine(EngineLifecycle):
     name = "vllm"
 
-    def __init__(
-        self, llm: AsyncLLM, *, max_model_len: int, recorder: _SchedulerRecorder, eos_token_ids
-    ) -> None:
-        self.llm = llm
-        self.max_model_len = max_model_len
-        self._recorder = recorder
-        self._eos_token_ids = frozenset(eos_token_ids)
-        cache = llm.vllm_config.cache_config
-        model = llm.vllm_config.model_config
-        self.kv_cache_blocks = int(cache.num_gpu_blocks or 0)
-        self.kv_block_tokens = int(cache.block_size)
-        layers = model.get_num_layers(llm.vllm_config.parallel_config)
-        kv_heads = model.get_num_kv_heads(llm.vllm_config.parallel_config)
-        elem = torch.empty((), dtype=model.dtype).element_size()
-        self.kv_block_bytes = 2 * layers * self.kv_block_tokens * kv_heads * model.get_head_size() * elem
+    def __init__(self, settings: Settings, backbone: Backbone, *, max_model_len: int) -> None:
+        super().__init__(max_model_len=max_model_len)
+        self._settings = settings
+        self._backbone = backbone
+        self._eos_token_ids = frozenset(backbone.eos_token_ids)
+        self._recorder = _SchedulerRecorder()
+        self._llm: AsyncLLM | None = None
+        # vLLM's figures, known once it has started (0 before).
+        self.kv_cache_blocks = 0
+        self.kv_block_tokens = 0
+        self.kv_block_bytes = 0
+        self.max_num_batched_tokens = 0  # prompt tokens the scheduler prefills per step at most
 
     # -- lifecycle ----------------------------------------------------------------------------------
-    @classmethod
-    async def start(cls, settings: Settings, backbone: Backbone, *, max_model_len: int) -> VllmEngine:
+    async def _start(self) -> None:
         """Export the decoder (once) and start vLLM on it. Call from a server process: vLLM spawns
         workers, so this must never run at import time."""
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        settings, backbone, max_model_len = self._settings, self._backbone, self.max_model_len
         model_dir = export_language_model(backbone, settings.cache_dir / "exports")
         kv_cache_bytes = settings.kv_cache_memory_bytes
         if kv_cache_bytes is None and current_platform.is_cpu():
@@ -181,7 +178,6 @@ class VllmEngine:
             # Our stat logger still receives stats; this only silences vLLM's periodic log lines.
             disable_log_stats=True,
         )
-        recorder = _SchedulerRecorder()
         log.info(
             "starting vLLM on %s (dtype %s, max_model_len %d, kv cache %s)",
             model_dir,
@@ -189,21 +185,35 @@ class VllmEngine:
             max_model_len,
             f"{kv_cache_bytes // MiB} MiB" if kv_cache_bytes else f"{settings.gpu_memory_utilization:.0%}",
         )
-        llm = AsyncLLM.from_engine_args(args, stat_loggers=[_stat_logger_factory(recorder)])
-        return cls(llm, max_model_len=max_model_len, recorder=recorder, eos_token_ids=backbone.eos_token_ids)
+        self._llm = llm = AsyncLLM.from_engine_args(args, stat_loggers=[_stat_logger_factory(self._recorder)])
+        config = llm.vllm_config
+        model = config.model_config
+        self.kv_cache_blocks = int(config.cache_config.num_gpu_blocks or 0)
+        self.kv_block_tokens = int(config.cache_config.block_size)
+        self.max_num_batched_tokens = int(config.scheduler_config.max_num_batched_tokens)
+        layers = model.get_num_layers(config.parallel_config)
+        kv_heads = model.get_num_kv_heads(config.parallel_config)
+        elem = torch.empty((), dtype=model.dtype).element_size()
+        self.kv_block_bytes = 2 * layers * self.kv_block_tokens * kv_heads * model.get_head_size() * elem
 
-    async def shutdown(self) -> None:
-        self.llm.shutdown()
+    async def _shutdown(self) -> None:
+        llm = self._llm
+        if llm is None:
+            return
+        llm.shutdown()
         # AsyncLLM.__del__ calls shutdown() again. Something inside vLLM's start-up keeps a traceback
         # (and with it this object) alive until interpreter exit, when vLLM's module globals are
         # already gone: "TypeError: 'NoneType' object is not callable". Once is enough.
-        self.llm.shutdown = _already_shut_down
+        llm.shutdown = _already_shut_down
 
-    async def check_health(self) -> None:
-        try:
-            await self.llm.check_health()
-        except Exception as exc:
-            raise EngineError(f"vLLM engine is unhealthy: {exc}") from exc
+    def _failure(self) -> str | None:
+        llm = self._running_llm()
+        return f"vLLM reports {llm.dead_error!r}" if llm.errored else None
+
+    def _running_llm(self) -> AsyncLLM:
+        if self._llm is None:
+            raise EngineError("the vllm engine has not been started")
+        return self._llm
 
     # -- requests -----------------------------------------------------------------------------------
     def _sampling_params(self, options: SamplingOptions):
@@ -218,6 +228,7 @@ class VllmEngine:
             seed=options.seed,
             stop=list(options.stop) or None,
             max_tokens=options.max_tokens,
+            ignore_eos=options.ignore_eos,
             output_kind=RequestOutputKind.CUMULATIVE,
         )
 
@@ -247,6 +258,8 @@ class VllmEngine:
     async def generate(
         self, prompt_embeds: torch.Tensor, options: SamplingOptions, request_id: str
     ) -> AsyncIterator[EngineOutput]:
+        self._require_running()
+        llm = self._running_llm()
         if prompt_embeds.dim() != 2:
             raise EngineError(f"prompt_embeds must be [seq, hidden], got {tuple(prompt_embeds.shape)}")
         if prompt_embeds.shape[0] >= self.max_model_len:
@@ -255,7 +268,7 @@ class VllmEngine:
                 "no room for a completion"
             )
         embeds = prompt_embeds.detach().to("cpu").contiguous()
-        stream = self.llm.generate({"prompt_embeds": embeds}, self._sampling_params(options), request_id)
+        stream = llm.generate({"prompt_embeds": embeds}, self._sampling_params(options), request_id)
         finished = False
         try:
             async for out in stream:
@@ -270,7 +283,8 @@ class VllmEngine:
                 await self.abort(request_id)
 
     async def abort(self, request_id: str) -> None:
-        await self.llm.abort(request_id)
+        if self._llm is not None:
+            await self._llm.abort(request_id)
 
     # -- statistics ---------------------------------------------------------------------------------
     def stats(self) -> VllmEngineStats:
@@ -283,7 +297,7 @@ class VllmEngine:
             batch_sizes=sizes,
             waiting_requests=r.waiting,
             running_requests=r.running,
-            unfinished_requests=self.llm.get_num_unfinished_requests(),
+            unfinished_requests=self._llm.get_num_unfinished_requests() if self._llm is not None else 0,
             generated_tokens=r.generated_tokens,
             kv_cache_usage=r.kv_usage,
             peak_kv_cache_usage=r.peak_kv_usage,
@@ -301,7 +315,7 @@ class VllmEngine:
 
     def is_tracking(self, request_id: str) -> bool:
         """Whether vLLM's front end still holds state for ``request_id`` (our id, not vLLM's)."""
-        return bool(self.llm.output_processor.external_req_ids.get(request_id))
+        return self._llm is not None and bool(self._llm.output_processor.external_req_ids.get(request_id))
 
 
 __all__ = ["CPU_DEFAULT_KV_CACHE_BYTES", "VllmEngine", "VllmEngineStats"]

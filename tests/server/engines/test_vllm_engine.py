@@ -24,7 +24,7 @@ from projector.backbone import load_backbone  # noqa: E402
 from projector.encoder import AimEncoder  # noqa: E402
 from projector.models.tiny import build_tiny_llava  # noqa: E402
 from projector.projector import Projector  # noqa: E402
-from server.engines.base import SamplingOptions  # noqa: E402
+from server.engines.base import EngineError, SamplingOptions  # noqa: E402
 from server.engines.transformers_engine import TransformersEngine  # noqa: E402
 from server.settings import MiB, Settings  # noqa: E402
 
@@ -79,18 +79,19 @@ def settings(tmp_path_factory):
 async def vllm_engine(settings, backbone):
     from server.engines.vllm_engine import VllmEngine
 
-    engine = await VllmEngine.start(settings, backbone, max_model_len=MAX_MODEL_LEN)
+    engine = VllmEngine(settings, backbone, max_model_len=MAX_MODEL_LEN)
     try:
+        await engine.start()
         yield engine
     finally:
         await engine.shutdown()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def reference(backbone):
-    engine = TransformersEngine(backbone.model, backbone.tokenizer, max_model_len=MAX_MODEL_LEN)
-    await engine.start()
+async def reference(settings, backbone):
+    engine = TransformersEngine(settings, backbone, max_model_len=MAX_MODEL_LEN)
     try:
+        await engine.start()
         yield engine
     finally:
         await engine.shutdown()
@@ -142,13 +143,13 @@ async def test_health_and_model_len(vllm_engine):
     assert vllm_engine.max_model_len == MAX_MODEL_LEN
 
 
-async def test_greedy_tokens_match_reference_one_at_a_time(vllm_engine, prompts, expected):
+async def test_greedy_tokens_match_reference_one_at_a_time(vllm_engine, backbone, prompts, expected):
     assert any(p.shape[0] > prompts[0].shape[0] for p in prompts), "few-shot prompts must be longer"
     for i, p in enumerate(prompts):
         out = await run(vllm_engine, p, GREEDY, f"single-{i}")
         assert out.token_ids == expected[i], f"prompt {i} ({p.shape[0]} tokens)"
         assert out.finish_reason in ("stop", "length")
-        assert out.text == vllm_engine.llm.renderer.tokenizer.decode(out.token_ids, skip_special_tokens=True)
+        assert out.text == backbone.tokenizer.decode(out.token_ids, skip_special_tokens=True)
 
 
 async def test_greedy_tokens_match_reference_concurrently(vllm_engine, prompts, expected):
@@ -282,3 +283,39 @@ async def test_too_long_prompt_is_refused(vllm_engine, backbone):
         async for _ in vllm_engine.generate(too_long, GREEDY, "too-long"):
             pass
     assert not vllm_engine.is_tracking("too-long")
+
+
+# -- lifecycle (both engines, one shape) ---------------------------------------------------------------
+async def _refused(engine, embeds: torch.Tensor, match: str) -> None:
+    with pytest.raises(EngineError, match=match):
+        async for _ in engine.generate(embeds, GREEDY, f"refused-{engine.name}"):
+            pass
+
+
+async def test_an_engine_refuses_requests_before_start(settings, backbone, prompts):
+    from server.engines.vllm_engine import VllmEngine
+
+    for engine_class in (VllmEngine, TransformersEngine):
+        engine = engine_class(settings, backbone, max_model_len=MAX_MODEL_LEN)  # cheap: starts nothing
+        assert not engine.errored
+        await _refused(engine, prompts[0], "not been started")
+        with pytest.raises(EngineError, match="not been started"):
+            await engine.check_health()
+        await engine.shutdown()  # never started: nothing to free, and it stays down
+        assert engine.errored
+        await _refused(engine, prompts[0], "shut down")
+        with pytest.raises(EngineError, match="already started"):
+            await engine.start()
+
+
+async def test_shutdown_ends_both_engines(vllm_engine, reference, prompts):
+    """Runs last: it shuts down the module's engines (their fixtures' shutdown is then a no-op)."""
+    for engine in (vllm_engine, reference):
+        await engine.check_health()
+        assert not engine.errored
+        await engine.shutdown()
+        assert engine.errored
+        with pytest.raises(EngineError, match="shut down"):
+            await engine.check_health()
+        await _refused(engine, prompts[0], "shut down")
+        await engine.shutdown()  # twice is harmless
