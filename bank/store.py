@@ -1,7 +1,8 @@
 """The demonstration bank on Redis.
 
 Layout, all under ``aim:v1:{<fingerprint>}:`` (the braces are a Redis Cluster hash tag, so every key
-of one fingerprint lives on one slot and the Lua scripts below stay atomic there too):
+of one fingerprint lives on one slot and the Lua scripts below stay atomic there too), or under
+``aim:v1:{<fingerprint>}:t:<tenant>:`` for a tenant's namespace (see ``in_namespace``):
 
 - ``demo:<id>``         one blob per demonstration (see ``bank.codec``)
 - ``set:<name>``        list of ids in registration order
@@ -14,10 +15,12 @@ Every mutation is one Lua script: it happens completely or not at all.
 
 from __future__ import annotations
 
+import copy
 import logging
+import re
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -108,6 +111,15 @@ class CorruptRecordError(RuntimeError):
         self.demonstration_id = demonstration_id
 
 
+_NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+@dataclass
+class _CacheStats:
+    hits: int = 0
+    misses: int = 0
+
+
 class DemonstrationBank:
     """Fused tokens of one fingerprint, with an in-process LRU in front of Redis.
 
@@ -127,14 +139,37 @@ class DemonstrationBank:
         self.fingerprint = fingerprint
         self.hidden_size = hidden_size
         self.prefix = f"aim:{KEY_VERSION}:{{{fingerprint}}}:"
+        # Keyed by full Redis key: namespaces share the cache but never each other's records.
         self._cache: LRUCache[str, DemonstrationRecord] = LRUCache(
             maxsize=max(cache_bytes, 1), getsizeof=lambda r: r.fused_tokens.nbytes + 512
         )
         self._put = client.register_script(_PUT)
         self._delete_demo = client.register_script(_DELETE_DEMO)
         self._delete_set = client.register_script(_DELETE_SET)
-        self.cache_hits = 0
-        self.cache_misses = 0
+        self._stats = _CacheStats()
+
+    def in_namespace(self, namespace: str | None) -> DemonstrationBank:
+        """The same bank seen from one tenant's namespace (None: the shared one).
+
+        A view: one client, one LRU, one set of counters. A demonstration registered by two tenants has
+        the same id in both (ids are content hashes) but two independent records; one tenant's ids and
+        set names do not exist in another's namespace.
+        """
+        if namespace is None:
+            return self
+        if not _NAMESPACE.match(namespace):
+            raise ValueError(f"namespace {namespace!r} must be letters, digits, '_' or '-'")
+        view = copy.copy(self)
+        view.prefix = f"{self.prefix}t:{namespace}:"
+        return view
+
+    @property
+    def cache_hits(self) -> int:
+        return self._stats.hits
+
+    @property
+    def cache_misses(self) -> int:
+        return self._stats.misses
 
     def _demo_key(self, demonstration_id: str) -> str:
         return f"{self.prefix}demo:{demonstration_id}"
@@ -174,7 +209,7 @@ class DemonstrationBank:
         await self.put_many(list(ids), set_name=set_name)
 
     async def delete(self, demonstration_id: str) -> bool:
-        self._cache.pop(demonstration_id, None)
+        self._cache.pop(self._demo_key(demonstration_id), None)
         return bool(await self._delete_demo(keys=[], args=[self.prefix, demonstration_id]))
 
     async def delete_set(self, name: str) -> bool:
@@ -230,7 +265,7 @@ class DemonstrationBank:
     async def get_many(self, ids: Sequence[str]) -> list[DemonstrationRecord]:
         """Records in the order asked; raises ``UnknownDemonstrationError`` naming every missing id."""
         unique = list(dict.fromkeys(ids))
-        cached = {i: r for i in unique if (r := self._cache.get(i)) is not None}
+        cached = {i: r for i in unique if (r := self._cache.get(self._demo_key(i))) is not None}
         misses = [i for i in unique if i not in cached]
         async with self.client.pipeline(transaction=False) as pipe:
             for i in cached:
@@ -246,15 +281,15 @@ class DemonstrationBank:
             if exists:
                 found[i] = record
             else:  # deleted elsewhere
-                self._cache.pop(i, None)
+                self._cache.pop(self._demo_key(i), None)
                 missing.append(i)
         for i, blob in zip(misses, blobs, strict=True):
             if blob is None:
                 missing.append(i)
                 continue
-            found[i] = self._cache[i] = await self._decode_or_evict(i, blob)
-        self.cache_hits += sum(1 for exists in still_there if exists)
-        self.cache_misses += len(misses)
+            found[i] = self._cache[self._demo_key(i)] = await self._decode_or_evict(i, blob)
+        self._stats.hits += sum(1 for exists in still_there if exists)
+        self._stats.misses += len(misses)
         if missing:
             gone = set(missing)
             raise UnknownDemonstrationError([i for i in unique if i in gone])  # in the order asked

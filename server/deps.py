@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import copy
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 
+from server.auth import Tenant, TenantDep
 from server.demonstrations.serving import DemonstrationService
 from server.errors import ServiceUnavailableError
 from server.generate.serving import GenerateService
@@ -20,14 +22,24 @@ def get_state(request: Request) -> AppState:
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
+Service = TypeVar("Service", DemonstrationService, GenerateService)
 
 
-def get_demonstration_service(state: StateDep) -> DemonstrationService:
-    return state.demonstrations
+def _for_tenant(service: Service, tenant: Tenant) -> Service:
+    """The service as the tenant sees it: the same objects, with the bank in the tenant's namespace."""
+    if tenant.namespace is None:
+        return service
+    scoped = copy.copy(service)
+    scoped.bank = service.bank.in_namespace(tenant.namespace)
+    return scoped
 
 
-def get_generate_service(state: StateDep) -> GenerateService:
-    return state.generate
+def get_demonstration_service(state: StateDep, tenant: TenantDep) -> DemonstrationService:
+    return _for_tenant(state.demonstrations, tenant)
+
+
+def get_generate_service(state: StateDep, tenant: TenantDep) -> GenerateService:
+    return _for_tenant(state.generate, tenant)
 
 
 DemonstrationServiceDep = Annotated[DemonstrationService, Depends(get_demonstration_service)]

@@ -102,3 +102,53 @@ def test_loopback_needs_no_keys(host: str):
 def test_unusable_keys_stop_the_server_at_start(keys: str):
     with pytest.raises(ApiKeyConfigError):
         create_app(Settings(api_keys=keys))
+
+
+async def register_as(app: RunningApp, key: str, color: str, set_name: str) -> str:
+    r = await app.client.post(
+        "/demonstrations",
+        headers=bearer(key),
+        json={
+            "set": set_name,
+            "items": [
+                {"image": png_b64(color), "text": f"Q: colour? A: {color}", "metadata": {"owner": key[:5]}}
+            ],
+        },
+    )
+    assert r.status_code == 200, r.text
+    return r.json()["items"][0]["id"]
+
+
+async def test_tenants_see_only_their_own_demonstrations_and_sets(keyed: RunningApp):
+    alice_id = await register_as(keyed, ALICE, "green", "mine")
+    # Bob cannot read, use, extend or delete Alice's demonstration or set: they do not exist for him.
+    assert (await keyed.client.get(f"/demonstrations/{alice_id}", headers=bearer(BOB))).status_code == 404
+    assert (await keyed.client.get("/sets/mine", headers=bearer(BOB))).status_code == 404
+    assert (await keyed.client.delete(f"/demonstrations/{alice_id}", headers=bearer(BOB))).status_code == 404
+    assert (await keyed.client.delete("/sets/mine", headers=bearer(BOB))).status_code == 404
+    query = {"query": {"text": "Q: colour? A:"}, "max_tokens": 2}
+    r = await keyed.client.post(
+        "/generate", headers=bearer(BOB), json={**query, "demonstrations": {"ids": [alice_id]}}
+    )
+    assert r.status_code == 404 and r.json()["error"]["code"] == "demonstration_not_found"
+    r = await keyed.client.post(
+        "/generate", headers=bearer(BOB), json={**query, "demonstrations": {"set": "mine"}}
+    )
+    assert r.status_code == 404 and r.json()["error"]["code"] == "set_not_found"
+
+    # The same content registered by Bob is his own record, in his own set of the same name.
+    bob_id = await register_as(keyed, BOB, "green", "mine")
+    assert bob_id == alice_id  # ids are content hashes ...
+    alice_view = (await keyed.client.get(f"/demonstrations/{alice_id}", headers=bearer(ALICE))).json()
+    bob_view = (await keyed.client.get(f"/demonstrations/{bob_id}", headers=bearer(BOB))).json()
+    assert alice_view["metadata"] == {"owner": ALICE[:5]} and bob_view["metadata"] == {"owner": BOB[:5]}
+    # ... and deleting his does not touch hers, even with her record in the shared LRU.
+    assert (await keyed.client.delete(f"/demonstrations/{bob_id}", headers=bearer(BOB))).status_code == 200
+    assert (await keyed.client.get(f"/demonstrations/{alice_id}", headers=bearer(ALICE))).status_code == 200
+    assert (await keyed.client.get("/sets/mine", headers=bearer(ALICE))).json()["ids"] == [alice_id]
+    r = await keyed.client.post(
+        "/generate", headers=bearer(ALICE), json={**query, "demonstrations": {"set": "mine"}}
+    )
+    assert r.status_code == 200 and r.json()["demonstrations"] == [alice_id]
+    # The admin key works in the shared namespace, where neither tenant's set lives.
+    assert (await keyed.client.get("/sets/mine", headers=bearer(ADMIN))).status_code == 404
