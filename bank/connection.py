@@ -44,6 +44,9 @@ class RedisConnection:
     client: aioredis.Redis
     description: str  # where the bank lives, for logs and /ready; never contains a password
     embedded: EmbeddedRedis | None = None
+    # Whether each write must be followed by WAITAOF (Redis >= 7.2 with durable writes asked for); with
+    # appendfsync always, Redis fsyncs before it answers and nothing more is needed.
+    wait_for_fsync: bool = False
     _supervisor: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
@@ -75,7 +78,8 @@ async def open_redis(
     if url:
         client = aioredis.Redis.from_url(url, **_client_options())
         await client.ping()
-        return RedisConnection(client=client, description=_redact(url))
+        wait_for_fsync = bool(durable_writes) and await _needs_waitaof(client, _redact(url))
+        return RedisConnection(client=client, description=_redact(url), wait_for_fsync=wait_for_fsync)
     embedded = EmbeddedRedis(Path(data_dir), appendfsync="everysec" if durable_writes is False else "always")
     await embedded.start()
     client = aioredis.Redis(unix_socket_path=embedded.socket_path, **_client_options())
@@ -86,4 +90,24 @@ async def open_redis(
         description=f"embedded redis-server persisting to {embedded.data_dir}",
         embedded=embedded,
         _supervisor=asyncio.create_task(embedded.supervise()),
+    )
+
+
+async def _needs_waitaof(client: aioredis.Redis, where: str) -> bool:
+    """How an external Redis can make each acknowledged write durable, or a refusal to start."""
+    info = await client.info("server")
+    version = tuple(int(p) for p in str(info.get("redis_version", "0")).split(".")[:2])
+    if version >= (7, 2):
+        return True  # WAITAOF 1 0: acknowledged once the local append-only file is fsynced
+    try:
+        config = await client.config_get("appendonly")
+        config.update(await client.config_get("appendfsync"))
+    except redis.exceptions.ResponseError:
+        config = {}  # CONFIG disabled (managed Redis): nothing says the writes are durable
+    if config.get("appendonly") == "yes" and config.get("appendfsync") == "always":
+        return False
+    raise RuntimeError(
+        f"AIM_BANK_DURABLE_WRITES is on, but Redis at {where} (version {info.get('redis_version')}) has "
+        f"appendonly={config.get('appendonly', '?')} appendfsync={config.get('appendfsync', '?')} and no "
+        "WAITAOF (Redis 7.2+): run it with appendonly yes and appendfsync always, or turn durable writes off"
     )

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 from cachetools import LRUCache
 
@@ -111,6 +112,7 @@ class CorruptRecordError(RuntimeError):
         self.demonstration_id = demonstration_id
 
 
+FSYNC_TIMEOUT_MS = 5000
 _NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
@@ -134,10 +136,12 @@ class DemonstrationBank:
         *,
         hidden_size: int | None = None,
         cache_bytes: int = 256 * 1024 * 1024,
+        wait_for_fsync: bool = False,
     ) -> None:
         self.client = client
         self.fingerprint = fingerprint
         self.hidden_size = hidden_size
+        self.wait_for_fsync = wait_for_fsync
         self.prefix = f"aim:{KEY_VERSION}:{{{fingerprint}}}:"
         # Keyed by full Redis key: namespaces share the cache but never each other's records.
         self._cache: LRUCache[str, DemonstrationRecord] = LRUCache(
@@ -174,6 +178,14 @@ class DemonstrationBank:
     def _demo_key(self, demonstration_id: str) -> str:
         return f"{self.prefix}demo:{demonstration_id}"
 
+    async def _durable(self) -> None:
+        """With WAITAOF: return only once this write is fsynced to Redis's append-only file."""
+        if not self.wait_for_fsync:
+            return
+        local, _replicas = await self.client.execute_command("WAITAOF", 1, 0, FSYNC_TIMEOUT_MS)
+        if int(local) < 1:  # answered as unreachable: the caller retries, the write itself is idempotent
+            raise redis.exceptions.TimeoutError(f"append-only fsync not confirmed in {FSYNC_TIMEOUT_MS} ms")
+
     async def ping(self) -> bool:
         return bool(await self.client.ping())
 
@@ -198,6 +210,7 @@ class DemonstrationBank:
         missing, created = await self._put(keys=[], args=args)
         if missing:
             raise UnknownDemonstrationError([i.decode() for i in missing])
+        await self._durable()
         return [bool(flag) for flag in created]
 
     async def add_to_set(self, ids: Sequence[str], set_name: str) -> None:
@@ -210,10 +223,14 @@ class DemonstrationBank:
 
     async def delete(self, demonstration_id: str) -> bool:
         self._cache.pop(self._demo_key(demonstration_id), None)
-        return bool(await self._delete_demo(keys=[], args=[self.prefix, demonstration_id]))
+        existed = bool(await self._delete_demo(keys=[], args=[self.prefix, demonstration_id]))
+        await self._durable()
+        return existed
 
     async def delete_set(self, name: str) -> bool:
-        return bool(await self._delete_set(keys=[], args=[self.prefix, name]))
+        existed = bool(await self._delete_set(keys=[], args=[self.prefix, name]))
+        await self._durable()
+        return existed
 
     # -- reads ------------------------------------------------------------------------------------
     async def existing(self, ids: Sequence[str]) -> set[str]:

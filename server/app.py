@@ -80,7 +80,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     try:
         bank = DemonstrationBank(
-            redis.client, fp, hidden_size=encoder.backbone.hidden_size, cache_bytes=settings.bank_cache_bytes
+            redis.client,
+            fp,
+            hidden_size=encoder.backbone.hidden_size,
+            cache_bytes=settings.bank_cache_bytes,
+            wait_for_fsync=redis.wait_for_fsync,
         )
         async with build_engine(settings, encoder.backbone) as engine:
             metrics = Metrics()

@@ -54,8 +54,9 @@ def assert_bank_unreachable(r) -> None:
 class PrivateRedis:
     """A redis-server of our own on a free loopback port, with an append-only file, to stop at will."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *extra: str) -> None:
         self.data_dir = data_dir
+        self.extra = list(extra)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -69,7 +70,7 @@ class PrivateRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-             "--appendonly", "yes", "--save", ""],
+             "--appendonly", "yes", "--save", "", *self.extra],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 10
@@ -172,3 +173,30 @@ def test_the_embedded_redis_dies_with_a_killed_server(tmp_path):
                 return
         assert time.monotonic() < deadline, "the embedded redis-server outlived the killed server"
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("extra", "refused"),
+    [
+        (("--appendfsync", "everysec"), True),
+        (("--appendonly", "no"), True),
+        (("--appendfsync", "always"), False),
+    ],
+)
+async def test_durable_writes_need_a_redis_that_can_promise_them(tmp_path, extra, refused):
+    from bank import open_redis
+
+    redis = PrivateRedis(tmp_path / "redis", *extra)
+    redis.start()
+    try:
+        if refused:
+            with pytest.raises(RuntimeError, match="appendfsync always"):
+                await open_redis(redis.url, tmp_path / "unused", durable_writes=True)
+        else:  # this Redis (6.2) fsyncs before it answers: no WAITAOF needed, none sent
+            connection = await open_redis(redis.url, tmp_path / "unused", durable_writes=True)
+            assert connection.wait_for_fsync is False
+            await connection.close()
+        connection = await open_redis(redis.url, tmp_path / "unused")  # not asked for: any Redis will do
+        await connection.close()
+    finally:
+        redis.kill()
