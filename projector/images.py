@@ -51,14 +51,23 @@ def open_image(
     return image
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Decode the pixels now (``Image.open`` is lazy: a truncated file fails here, not inside the model)."""
+def to_rgb(image: Image.Image, *, max_side: int | None = None) -> Image.Image:
+    """Decode the pixels now (``Image.open`` is lazy: a truncated file fails here, not inside the model).
+
+    With ``max_side``, a larger image is reduced to fit it before it becomes RGB, so what is kept costs
+    at most ``max_side``² x 3 bytes whatever arrived. Model processors resize far below that anyway
+    (336 px for LLaVA-1.5, at most 1344 for LLaVA-NeXT's grids), so their input barely changes.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.load()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"image data is corrupt: {exc}") from exc
+    if max_side is not None and max(image.size) > max_side:
+        if image.mode not in ("L", "RGB"):  # resampling works on these; "L" keeps a 1-bit image small
+            image = image.convert("L" if image.mode in ("1", "I", "I;16", "F") else "RGB")
+        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=2.0)
     return image.convert("RGB")
 
 

@@ -93,6 +93,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 max_pixels=settings.max_image_pixels,
                 max_aspect_ratio=settings.max_image_aspect_ratio,
                 max_request_pixels=settings.max_request_pixels,
+                max_side=settings.max_image_side,
                 concurrency=settings.image_decode_concurrency,
             )
             app.state.aim = AppState(

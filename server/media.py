@@ -3,7 +3,8 @@
 A request's images are first checked from their headers alone (bytes, pixels, aspect ratio, and the
 request's total pixels); only then are they decoded, in worker threads, a bounded number at a time
 across all requests, so that decoding never blocks the event loop and concurrent requests cannot
-multiply the memory one request may take.
+multiply the memory one request may take. Each is then reduced to a working size (``max_side``), so
+what a request holds while it is encoded is bounded too.
 """
 
 from __future__ import annotations
@@ -45,12 +46,14 @@ class ImageDecoder:
         max_pixels: int,
         max_aspect_ratio: float,
         max_request_pixels: int,
+        max_side: int,
         concurrency: int,
     ) -> None:
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.max_aspect_ratio = max_aspect_ratio
         self.max_request_pixels = max_request_pixels
+        self.max_side = max_side
         self._slots = asyncio.Semaphore(concurrency)
 
     async def decode(self, fields: Sequence[ImageField]) -> list[DecodedImage]:
@@ -60,7 +63,7 @@ class ImageDecoder:
         for field, (data, image) in zip(fields, headers, strict=True):
             async with self._slots:
                 try:
-                    rgb = await asyncio.to_thread(to_rgb, image)
+                    rgb = await asyncio.to_thread(to_rgb, image, max_side=self.max_side)
                 except ImageError as exc:
                     raise APIError(str(exc), param=field.param, code="invalid_image") from None
             decoded.append(DecodedImage(data, rgb))

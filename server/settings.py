@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     max_image_aspect_ratio: float = Field(
         20.0, ge=1.0, description="longer side / shorter side; bounds what a resize can make of an image"
     )
+    max_image_side: int = Field(
+        2048, ge=336, description="larger images are reduced to fit this on arrival (what is kept is bounded)"
+    )
     image_decode_concurrency: int = Field(2, ge=1, description="images decoded at once, across requests")
     max_items_per_request: int = Field(32, ge=1, description="demonstrations in one POST /demonstrations")
     max_text_chars: int = Field(8000, ge=1)
