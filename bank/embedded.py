@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import fcntl
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -50,6 +52,7 @@ class EmbeddedRedis:
         self.socket_path = str(self._socket_dir / "redis.sock")
         self.restarts = 0
         self._process: subprocess.Popen[bytes] | None = None
+        self._lock: int | None = None
         self._stopping = False
 
     def _command(self) -> list[str]:
@@ -74,9 +77,14 @@ class EmbeddedRedis:
         kernel ties the child's death signal to the thread that started it.
         """
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        await self._lock_data_dir()
         Path(self.socket_path).unlink(missing_ok=True)
         process = subprocess.Popen(
-            self._command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent
+            self._command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+            pass_fds=(self._lock,),  # the server holds the lock too: released only when both are gone
         )
         self._process = process
         deadline = time.monotonic() + 60
@@ -88,6 +96,27 @@ class EmbeddedRedis:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"embedded redis-server did not answer; see {self.data_dir}/redis.log")
             await asyncio.sleep(0.02)
+
+    async def _lock_data_dir(self, timeout: float = 30.0) -> None:
+        """One redis-server per data directory. A server killed with -9 leaves its redis-server flushing
+        for a moment (it holds the inherited lock); a new one waits for it instead of writing the same
+        append-only file. A second aim-serve on the same directory is refused."""
+        if self._lock is not None:
+            return
+        fd = os.open(self.data_dir / "bank.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._lock = fd
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise RuntimeError(
+                        f"another process holds {self.data_dir}: is another aim-serve using this AIM_DATA_DIR?"
+                    ) from None
+                await asyncio.sleep(0.05)
 
     def _answers(self) -> bool:
         try:
@@ -132,3 +161,6 @@ class EmbeddedRedis:
                 self._process.kill()
                 self._process.wait()
         shutil.rmtree(self._socket_dir, ignore_errors=True)
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None

@@ -200,3 +200,19 @@ async def test_durable_writes_need_a_redis_that_can_promise_them(tmp_path, extra
         await connection.close()
     finally:
         redis.kill()
+
+
+async def test_one_data_directory_serves_one_embedded_redis(tmp_path):
+    from bank.embedded import EmbeddedRedis
+
+    first = EmbeddedRedis(tmp_path)
+    await first.start()
+    try:
+        second = EmbeddedRedis(tmp_path)
+        with pytest.raises(RuntimeError, match="another aim-serve"):
+            await second._lock_data_dir(timeout=0.3)
+    finally:
+        first.stop()
+    third = EmbeddedRedis(tmp_path)  # free once the first is stopped
+    await third.start()
+    third.stop()
