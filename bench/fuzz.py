@@ -2,7 +2,7 @@
 every operation of the OpenAPI document; the table counts the answers by status and the ones the
 document does not describe. The target: no 5xx and nothing undocumented.
 
-    .venv/bin/python -m bench.fuzz                  # both engines, 150 cases per operation each
+    .venv/bin/python -m bench.fuzz                  # both engines, up to 250 cases per operation each
     .venv/bin/python -m bench.fuzz --engines transformers --examples 50
 
 Writes bench/out/fuzz.md. Runs ``aim serve`` on the tiny model as a process, as tests/e2e does.
@@ -80,7 +80,7 @@ def table(results: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--engines", default="transformers,vllm")
-    p.add_argument("--examples", type=int, default=150, help="generated cases per operation")
+    p.add_argument("--examples", type=int, default=250, help="generated cases per operation (at most)")
     args = p.parse_args(argv)
     results = [fuzz(engine, args.examples) for engine in args.engines.split(",")]
     text = table(results)
