@@ -325,8 +325,33 @@ class DemonstrationBank:
             raise UnknownSetError(name)
         return [i.decode() for i in ids]
 
+    async def set_page(self, name: str, offset: int, limit: int) -> tuple[list[str], int]:
+        """Ids ``offset``..``offset + limit`` of the set in order, and its size, read atomically."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        key = f"{self.prefix}set:{name}"
+        async with self.client.pipeline(transaction=True) as pipe:
+            ids, size = await pipe.lrange(key, offset, offset + limit - 1).llen(key).execute()
+        if size == 0:
+            raise UnknownSetError(name)
+        return [i.decode() for i in ids], int(size)
+
+    async def set_size(self, name: str) -> int:
+        return int(await self.client.llen(f"{self.prefix}set:{name}"))
+
     async def list_sets(self) -> list[str]:
         return sorted(n.decode() for n in await self.client.smembers(f"{self.prefix}sets"))
+
+    async def set_sizes(self, offset: int, limit: int) -> tuple[list[tuple[str, int]], int]:
+        """Set names in sorted order with their sizes, one page of them, and how many sets there are."""
+        names = await self.list_sets()
+        page = names[offset : offset + limit]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for name in page:
+                pipe.llen(f"{self.prefix}set:{name}")
+            sizes = await pipe.execute() if page else []
+        # A set emptied between the two reads has gone: leave it out rather than report it empty.
+        return [(n, int(s)) for n, s in zip(page, sizes, strict=True) if s], len(names)
 
     async def _decode_or_evict(self, demonstration_id: str, blob: bytes) -> DemonstrationRecord:
         try:

@@ -53,8 +53,38 @@ class DemonstrationDeleted(BaseModel):
 
 class DemonstrationSet(BaseModel):
     name: str
-    ids: list[str]
+    ids: list[str] = Field(description="ids offset..offset+limit of the set, in registration order")
+    size: int = Field(description="how many demonstrations the whole set has")
+    offset: int
+    limit: int
+
+
+class SetSummary(BaseModel):
+    name: str
     size: int
+
+
+class SetList(BaseModel):
+    sets: list[SetSummary] = Field(description="sets in name order, one page of them")
+    total: int = Field(description="how many sets there are")
+    offset: int
+    limit: int
+
+
+MAX_IDS_PER_REQUEST = 10_000
+
+
+class AddToSetRequest(_Strict):
+    ids: list[str] = Field(
+        min_length=1,
+        max_length=MAX_IDS_PER_REQUEST,
+        description="registered demonstrations to append, in order; members already in the set stay where they are",
+    )
+
+
+class SetItemsAdded(BaseModel):
+    name: str
+    size: int = Field(description="the set's size afterwards")
 
 
 class SetDeleted(BaseModel):

@@ -17,6 +17,7 @@ from bank import (
 )
 from projector.encoder import AimEncoder
 from server.demonstrations.protocol import (
+    AddToSetRequest,
     Demonstration,
     DemonstrationDeleted,
     DemonstrationSet,
@@ -24,6 +25,9 @@ from server.demonstrations.protocol import (
     RegisterRequest,
     RegisterResponse,
     SetDeleted,
+    SetItemsAdded,
+    SetList,
+    SetSummary,
 )
 from server.errors import APIError, NotFoundError, PayloadTooLargeError
 from server.media import ImageDecoder, ImageField
@@ -150,12 +154,27 @@ class DemonstrationService:
             raise _unknown_demonstration(demonstration_id, "id")
         return DemonstrationDeleted(id=demonstration_id)
 
-    async def get_set(self, name: str) -> DemonstrationSet:
+    async def get_set(self, name: str, *, offset: int, limit: int) -> DemonstrationSet:
         try:
-            ids = await self.bank.get_set(name)
+            ids, size = await self.bank.set_page(name, offset, limit)
         except UnknownSetError:
             raise unknown_set(name, "name") from None
-        return DemonstrationSet(name=name, ids=ids, size=len(ids))
+        return DemonstrationSet(name=name, ids=ids, size=size, offset=offset, limit=limit)
+
+    async def list_sets(self, *, offset: int, limit: int) -> SetList:
+        page, total = await self.bank.set_sizes(offset, limit)
+        return SetList(
+            sets=[SetSummary(name=n, size=size) for n, size in page], total=total, offset=offset, limit=limit
+        )
+
+    async def add_to_set(self, name: str, request: AddToSetRequest) -> SetItemsAdded:
+        """Append registered demonstrations by id: nothing is encoded, read or rewritten."""
+        try:
+            await self.bank.add_to_set(request.ids, name)
+        except UnknownDemonstrationError as exc:
+            first = request.ids.index(exc.ids[0])
+            raise _unknown_demonstration(exc.ids[0], f"ids[{first}]") from None
+        return SetItemsAdded(name=name, size=await self.bank.set_size(name))
 
     async def delete_set(self, name: str) -> SetDeleted:
         if not await self.bank.delete_set(name):

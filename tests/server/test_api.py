@@ -142,7 +142,7 @@ async def test_stream_sends_the_same_text_as_a_plain_request(app: RunningApp):
 async def test_sets_and_deletes(app: RunningApp):
     ids = await register(app, [item("pink"), item("brown")], set_name="del")
     r = await app.client.get("/sets/del")
-    assert r.json() == {"name": "del", "ids": ids, "size": 2}
+    assert r.json() == {"name": "del", "ids": ids, "size": 2, "offset": 0, "limit": 10_000}
     r = await app.client.get(f"/demonstrations/{ids[0]}")
     assert r.json()["sets"] == ["del"] and r.json()["text"] == item("pink")["text"]
     assert (await app.client.delete(f"/demonstrations/{ids[0]}")).json() == {"id": ids[0], "deleted": True}
