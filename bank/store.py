@@ -353,6 +353,34 @@ class DemonstrationBank:
         # A set emptied between the two reads has gone: leave it out rather than report it empty.
         return [(n, int(s)) for n, s in zip(page, sizes, strict=True) if s], len(names)
 
+    # -- the bank as files (bank.transfer) ------------------------------------------------------------
+    async def namespaces(self) -> list[str | None]:
+        """The shared namespace (None) and every tenant namespace that holds a demonstration."""
+        found: set[str] = set()
+        async for key in self.client.scan_iter(match=f"{self.prefix}t:*:demo:*", count=1000):
+            found.add(key.decode()[len(self.prefix) + 2 :].split(":", 1)[0])
+        return [None, *sorted(found)]
+
+    async def raw_records(self) -> list[tuple[str, bytes]]:
+        """Every (id, stored blob) of this namespace, exactly as stored."""
+        marker = f"{self.prefix}demo:"
+        keys = sorted([k async for k in self.client.scan_iter(match=f"{marker}*", count=1000)])
+        blobs = await self.client.mget(keys) if keys else []
+        return [(k.decode()[len(marker) :], b) for k, b in zip(keys, blobs, strict=True) if b is not None]
+
+    async def restore(self, records: Sequence[tuple[str, bytes]]) -> list[bool]:
+        """Store exported blobs byte for byte (each checked first; an id already stored is left as it is)."""
+        for demonstration_id, blob in records:
+            record = decode_record(blob, hidden_size=self.hidden_size)  # format, shape and checksum
+            if record.id != demonstration_id:
+                raise CodecError(f"blob for {demonstration_id} holds demonstration {record.id}")
+        args: list[Any] = [self.prefix, ""]
+        for demonstration_id, blob in records:
+            args += [demonstration_id, blob]
+        _, created = await self._put(keys=[], args=args)
+        await self._durable()
+        return [bool(flag) for flag in created]
+
     async def _decode_or_evict(self, demonstration_id: str, blob: bytes) -> DemonstrationRecord:
         try:
             return decode_record(blob, hidden_size=self.hidden_size)

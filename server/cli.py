@@ -16,6 +16,7 @@ TOOLS = {
     ),
     "train-connector": ("projector.models.aim_mini.train_connector", "train aim-mini's vision connector"),
     "train": ("projector.training.cli", "train an AIM projector on a frozen backbone"),
+    "bank": ("server.bank_cli", "list, export or import the demonstration bank"),
     "eval": ("projector.evaluation.cli", "few-shot evaluation: zero-shot, raw ICL, AIM"),
 }
 

@@ -21,8 +21,11 @@ from pathlib import Path
 
 import httpx
 import redis
+import torch
 from PIL import Image
 
+from bank import DemonstrationRecord
+from bank.embedded import redis_server_binary
 from projector.training.scenes import shape_image
 from server.app import create_app
 from server.settings import Settings
@@ -204,3 +207,53 @@ def write_episodes(tmp_path: Path, n: int = 40, seed: int = 0) -> Path:
     path = tmp_path / "episodes.jsonl"
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     return path
+
+
+def demo_record(i: int, dtype: torch.dtype = torch.float32, *, hidden: int = 16) -> DemonstrationRecord:
+    """A deterministic stored demonstration (random fused tokens seeded by ``i``), for bank tests."""
+    g = torch.Generator().manual_seed(i)
+    return DemonstrationRecord(
+        id=f"{i:032x}",
+        fused_tokens=torch.randn(3 + i, hidden, generator=g).to(dtype),
+        text=f"text {i}",
+        metadata={"i": i},
+        image_tokens=16,
+        raw_tokens=20 + i,
+    )
+
+
+class PrivateRedis:
+    """A redis-server of our own on a free loopback port, with an append-only file, to stop at will."""
+
+    def __init__(self, data_dir: Path, *extra: str) -> None:
+        self.data_dir = data_dir
+        self.extra = list(extra)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+             "--appendonly", "yes", "--save", "", *self.extra],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                assert time.monotonic() < deadline, "private redis-server did not start"
+                time.sleep(0.02)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()

@@ -16,21 +16,13 @@ from bank import (
     open_redis,
     store,
 )
-from tests.helpers import bank_snapshot, count_calls
+from tests.helpers import bank_snapshot, count_calls, demo_record
 
 HIDDEN = 16
 
 
 def demo(i: int, dtype=torch.float32) -> DemonstrationRecord:
-    g = torch.Generator().manual_seed(i)
-    return DemonstrationRecord(
-        id=f"{i:032x}",
-        fused_tokens=torch.randn(3 + i, HIDDEN, generator=g).to(dtype),
-        text=f"text {i}",
-        metadata={"i": i},
-        image_tokens=16,
-        raw_tokens=20 + i,
-    )
+    return demo_record(i, dtype, hidden=HIDDEN)
 
 
 @pytest.fixture

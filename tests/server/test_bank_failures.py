@@ -9,16 +9,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from bank.embedded import redis_server_binary
-from tests.helpers import RunningApp, make_settings, png_b64, start_app
+from tests.helpers import PrivateRedis, RunningApp, make_settings, png_b64, start_app
 
 RECOVERY_SECONDS = 5.0
 
@@ -49,43 +46,6 @@ def assert_bank_unreachable(r) -> None:
     assert r.status_code == 503, r.text
     assert r.json()["error"]["code"] == "bank_unreachable"
     assert r.headers["retry-after"] == "1"
-
-
-class PrivateRedis:
-    """A redis-server of our own on a free loopback port, with an append-only file, to stop at will."""
-
-    def __init__(self, data_dir: Path, *extra: str) -> None:
-        self.data_dir = data_dir
-        self.extra = list(extra)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-             "--appendonly", "yes", "--save", "", *self.extra],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                assert time.monotonic() < deadline, "private redis-server did not start"
-                time.sleep(0.02)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait()
 
 
 @pytest.fixture
