@@ -4,6 +4,10 @@ The blob is a safetensors file: an 8-byte header length, a JSON header (dtype, s
 string-to-string ``__metadata__`` map), then the raw little-endian tensor bytes. The metadata carries
 the format version, a sha256 of the tensor bytes, and the demonstration's text and metadata, so one
 SET writes everything atomically. Decoding never unpickles anything.
+
+Format 2 adds an optional ``image_embedding`` tensor (1-D float32, with its own sha256): the query-
+independent image vector that per-query selection ranks by. It can be read alone, from the header's
+offsets, without the fused tokens. Format-1 records (no embedding) still decode.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from typing import Any
 import torch
 from safetensors.torch import load, save
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+READABLE_VERSIONS = ("1", "2")
 TENSOR_NAME = "fused_tokens"
+EMBEDDING_NAME = "image_embedding"
 ALLOWED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _MAX_HEADER_BYTES = 16 * 1024 * 1024
 
@@ -38,6 +44,7 @@ class DemonstrationRecord:
     created_at: float = 0.0
     image_tokens: int = 0
     raw_tokens: int = 0  # cost as an ordinary multimodal prompt segment: image tokens + text tokens
+    image_embedding: torch.Tensor | None = None  # [d] float32: what per-query selection ranks by
 
     @property
     def num_fused_tokens(self) -> int:
@@ -76,7 +83,40 @@ def encode_record(record: DemonstrationRecord) -> bytes:
         "image_tokens": str(record.image_tokens),
         "raw_tokens": str(record.raw_tokens),
     }
-    return save({TENSOR_NAME: tensor}, metadata=meta)
+    tensors = {TENSOR_NAME: tensor}
+    if record.image_embedding is not None:
+        embedding = check_image_embedding(
+            record.image_embedding.detach().to("cpu", torch.float32).contiguous()
+        )
+        tensors[EMBEDDING_NAME] = embedding
+        meta["image_embedding_sha256"] = hashlib.sha256(_tensor_bytes(embedding)).hexdigest()
+    return save(tensors, metadata=meta)
+
+
+def check_image_embedding(t: torch.Tensor) -> torch.Tensor:
+    if t.dtype != torch.float32 or t.dim() != 1 or t.shape[0] == 0:
+        raise CodecError(
+            f"image embedding must be a non-empty 1-D float32 tensor, got {t.dtype} {tuple(t.shape)}"
+        )
+    if not torch.isfinite(t).all():
+        raise CodecError("image embedding contains NaN or infinity")
+    return t
+
+
+def image_embedding_span(head: bytes) -> tuple[int, int] | None:
+    """Byte range of the image embedding within the blob, from its header alone; None if it has none."""
+    entry = _read_header(head).get(EMBEDDING_NAME)
+    if entry is None:
+        return None
+    offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+    if entry.get("dtype") != "F32" or not (isinstance(offsets, list) and len(offsets) == 2):
+        raise CodecError(f"record header has a malformed {EMBEDDING_NAME!r} entry")
+    start = header_end(head)
+    return start + int(offsets[0]), start + int(offsets[1])
+
+
+def embedding_from_bytes(data: bytes) -> torch.Tensor:
+    return check_image_embedding(torch.frombuffer(bytearray(data), dtype=torch.float32))
 
 
 def header_end(head: bytes) -> int:
@@ -121,18 +161,25 @@ def _read_metadata(blob: bytes) -> dict[str, str]:
 
 def decode_record(blob: bytes, *, hidden_size: int | None = None) -> DemonstrationRecord:
     meta = _read_metadata(blob)
-    if meta.get("aim_format") != FORMAT_VERSION:
-        raise CodecError(f"record format {meta.get('aim_format')!r} is not {FORMAT_VERSION!r}")
+    version = meta.get("aim_format")
+    if version not in READABLE_VERSIONS:
+        raise CodecError(f"record format {version!r} is not one of {READABLE_VERSIONS}")
     try:
         tensors = load(blob)
     except Exception as exc:  # safetensors raises its own error types for malformed input
         raise CodecError(f"record tensor data is malformed: {exc}") from exc
-    if set(tensors) != {TENSOR_NAME}:
-        raise CodecError(f"record holds tensors {sorted(tensors)}, expected [{TENSOR_NAME!r}]")
+    expected = {TENSOR_NAME, EMBEDDING_NAME} if version == "2" else {TENSOR_NAME}
+    if TENSOR_NAME not in tensors or not set(tensors) <= expected:
+        raise CodecError(f"record holds tensors {sorted(tensors)}, expected {sorted(expected)}")
     tensor = tensors[TENSOR_NAME]
     check_fused_tokens(tensor, hidden_size=hidden_size)
     if hashlib.sha256(_tensor_bytes(tensor)).hexdigest() != meta.get("sha256"):
         raise CodecError("record checksum does not match its tensor bytes")
+    embedding = tensors.get(EMBEDDING_NAME)
+    if embedding is not None:
+        check_image_embedding(embedding)
+        if hashlib.sha256(_tensor_bytes(embedding)).hexdigest() != meta.get("image_embedding_sha256"):
+            raise CodecError("record checksum does not match its image embedding bytes")
     try:
         return DemonstrationRecord(
             id=meta["id"],
@@ -142,6 +189,7 @@ def decode_record(blob: bytes, *, hidden_size: int | None = None) -> Demonstrati
             created_at=float(meta["created_at"]),
             image_tokens=int(meta["image_tokens"]),
             raw_tokens=int(meta["raw_tokens"]),
+            image_embedding=embedding,
         )
     except (KeyError, ValueError) as exc:
         raise CodecError(f"record metadata is incomplete: {exc}") from exc

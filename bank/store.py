@@ -25,14 +25,17 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+import torch
 from cachetools import LRUCache
 
 from bank.codec import (
     CodecError,
     DemonstrationRecord,
     decode_record,
+    embedding_from_bytes,
     encode_record,
     header_end,
+    image_embedding_span,
     num_fused_tokens,
 )
 
@@ -55,24 +58,29 @@ for i = 3, #ARGV, 2 do
   end
 end
 if #missing > 0 then return {missing, created} end
+local changed = false
 for i = 3, #ARGV, 2 do
   local id, blob = ARGV[i], ARGV[i + 1]
   created[#created + 1] = blob ~= '' and redis.call('SET', prefix .. 'demo:' .. id, blob, 'NX') and 1 or 0
   if set ~= '' then
     if redis.call('SADD', prefix .. 'set-members:' .. set, id) == 1 then
       redis.call('RPUSH', prefix .. 'set:' .. set, id)
+      changed = true
     end
     redis.call('SADD', prefix .. 'demo-sets:' .. id, set)
   end
 end
 if set ~= '' and #created > 0 then redis.call('SADD', prefix .. 'sets', set) end
+if changed then redis.call('INCR', prefix .. 'sets-version') end
 return {missing, created}
 """
 
 _DELETE_DEMO = """
 local prefix, id = ARGV[1], ARGV[2]
 local existed = redis.call('DEL', prefix .. 'demo:' .. id)
-for _, s in ipairs(redis.call('SMEMBERS', prefix .. 'demo-sets:' .. id)) do
+local sets = redis.call('SMEMBERS', prefix .. 'demo-sets:' .. id)
+if #sets > 0 then redis.call('INCR', prefix .. 'sets-version') end
+for _, s in ipairs(sets) do
   redis.call('LREM', prefix .. 'set:' .. s, 0, id)
   redis.call('SREM', prefix .. 'set-members:' .. s, id)
   if redis.call('LLEN', prefix .. 'set:' .. s) == 0 then redis.call('SREM', prefix .. 'sets', s) end
@@ -88,7 +96,9 @@ for _, id in ipairs(redis.call('LRANGE', prefix .. 'set:' .. s, 0, -1)) do
 end
 redis.call('DEL', prefix .. 'set-members:' .. s)
 redis.call('SREM', prefix .. 'sets', s)
-return redis.call('DEL', prefix .. 'set:' .. s)
+local existed = redis.call('DEL', prefix .. 'set:' .. s)
+if existed == 1 then redis.call('INCR', prefix .. 'sets-version') end
+return existed
 """
 
 
@@ -240,9 +250,9 @@ class DemonstrationBank:
             flags = await pipe.execute()
         return {i for i, flag in zip(ids, flags, strict=True) if flag}
 
-    async def fused_token_counts(self, ids: Sequence[str]) -> dict[str, int]:
-        """Fused-token counts of the stored ones among ``ids``, read from the blobs' headers only
-        (one batched call; a second one only for a header longer than ``HEADER_PROBE_BYTES``).
+    async def _headers(self, ids: Sequence[str]) -> dict[str, bytes]:
+        """The complete safetensors headers of the stored ones among ``ids``, tensor bytes unread
+        (one batched call; a second one only for headers longer than ``HEADER_PROBE_BYTES``).
 
         A blob whose header is damaged is removed and left out, so that registering it again
         re-creates it.
@@ -250,30 +260,65 @@ class DemonstrationBank:
         async with self.client.pipeline(transaction=False) as pipe:
             for i in ids:
                 pipe.getrange(self._demo_key(i), 0, HEADER_PROBE_BYTES - 1)
-            heads = dict(zip(ids, await pipe.execute(), strict=True))
-        heads = {i: h for i, h in heads.items() if h}  # GETRANGE of a missing key is empty
-        counts: dict[str, int] = {}
+            probes = dict(zip(ids, await pipe.execute(), strict=True))
+        heads: dict[str, bytes] = {}
         long: dict[str, int] = {}  # id -> where its header ends, past the probe
-        for i, head in heads.items():
+        for i, head in probes.items():
+            if not head:  # GETRANGE of a missing key is empty
+                continue
             try:
-                if (end := header_end(head)) > len(head) == HEADER_PROBE_BYTES:
-                    long[i] = end
-                else:
-                    counts[i] = num_fused_tokens(head)
+                end = header_end(head)
             except CodecError as exc:
                 await self._evict_damaged(i, exc)
+                continue
+            if end > len(head) == HEADER_PROBE_BYTES:
+                long[i] = end
+            else:
+                heads[i] = head
         if long:
             async with self.client.pipeline(transaction=False) as pipe:
                 for i, end in long.items():
                     pipe.getrange(self._demo_key(i), 0, end - 1)
                 for i, head in zip(long, await pipe.execute(), strict=True):
-                    if not head:  # deleted since the first read
-                        continue
-                    try:
-                        counts[i] = num_fused_tokens(head)
-                    except CodecError as exc:
-                        await self._evict_damaged(i, exc)
+                    if head:  # else deleted since the first read
+                        heads[i] = head
+        return heads
+
+    async def fused_token_counts(self, ids: Sequence[str]) -> dict[str, int]:
+        """Fused-token counts of the stored ones among ``ids``, read from the blobs' headers only."""
+        counts: dict[str, int] = {}
+        for i, head in (await self._headers(ids)).items():
+            try:
+                counts[i] = num_fused_tokens(head)
+            except CodecError as exc:
+                await self._evict_damaged(i, exc)
         return counts
+
+    async def image_embeddings(self, ids: Sequence[str]) -> dict[str, torch.Tensor | None]:
+        """The image embedding of each stored one among ``ids`` (None for a record that has none),
+        reading only headers and the embeddings' own bytes, never the fused tokens."""
+        spans: dict[str, tuple[int, int] | None] = {}
+        for i, head in (await self._headers(ids)).items():
+            try:
+                spans[i] = image_embedding_span(head)
+            except CodecError as exc:
+                await self._evict_damaged(i, exc)
+        wanted = {i: span for i, span in spans.items() if span is not None}
+        async with self.client.pipeline(transaction=False) as pipe:
+            for i, (start, end) in wanted.items():
+                pipe.getrange(self._demo_key(i), start, end - 1)
+            data = dict(zip(wanted, await pipe.execute(), strict=True)) if wanted else {}
+        embeddings: dict[str, torch.Tensor | None] = {i: None for i in spans}
+        for i, raw in data.items():
+            if raw:  # else deleted since its header was read
+                embeddings[i] = embedding_from_bytes(raw)
+            else:
+                embeddings.pop(i)
+        return embeddings
+
+    async def sets_version(self) -> int:
+        """A counter every change to any set of this namespace moves: caches of set contents key on it."""
+        return int(await self.client.get(f"{self.prefix}sets-version") or 0)
 
     async def _evict_damaged(self, demonstration_id: str, exc: CodecError) -> None:
         log.warning("stored demonstration %s is corrupt (%s); removed", demonstration_id, exc)

@@ -37,6 +37,7 @@ class DemonstrationEncoding:
     hidden_states: torch.Tensor  # [text_tokens, hidden]: one row per text token, image tokens dropped
     image_tokens: int  # image tokens the demonstration occupied in the backbone's prompt
     raw_tokens: int  # what the demonstration costs as an ordinary multimodal prompt segment
+    image_embedding: torch.Tensor | None = None  # [hidden] float32: see image_embedding()
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class QueryEmbedding:
     prefix: torch.Tensor  # [p, hidden]: tokens that open every prompt (BOS), placed before demonstrations
     body: torch.Tensor  # [n, hidden]: the rest of the query, image features spliced in
     image_tokens: int
+    image_embedding: torch.Tensor | None = None  # [hidden] float32, None without an image
 
     @property
     def num_tokens(self) -> int:
@@ -151,6 +153,7 @@ class Backbone:
             hidden_states=hidden[is_counted & ~is_image].detach().clone(),
             image_tokens=image_tokens,
             raw_tokens=int(is_counted.sum()),
+            image_embedding=image_embedding(out.hidden_states[0][0], is_image),
         )
 
     def embed_query(self, image: Image.Image | None, text: str) -> QueryEmbedding:
@@ -198,15 +201,24 @@ class Backbone:
         n_prefix = 0
         while n_prefix < len(ids) and int(ids[n_prefix]) in special:
             n_prefix += 1
+        is_image = ids == self.image_token_id
         return QueryEmbedding(
             prefix=embeds[:n_prefix],
             body=embeds[n_prefix:],
-            image_tokens=int((ids == self.image_token_id).sum()),
+            image_tokens=int(is_image.sum()),
+            image_embedding=image_embedding(embeds, is_image) if bool(is_image.any()) else None,
         )
 
     def _capture_hook(self, _module: torch.nn.Module, _args: tuple, kwargs: dict) -> None:
         if getattr(self._capturing, "active", False):
             raise _Captured(kwargs["inputs_embeds"])
+
+
+def image_embedding(input_embeds: torch.Tensor, is_image: torch.Tensor) -> torch.Tensor:
+    """One vector for an image: the mean of its features as the model splices them into the decoder's
+    input. It is computed by the forward pass that reads a demonstration or a query anyway, and a
+    demonstration's and a query's come out in the same space, which is what per-query selection needs."""
+    return input_embeds[is_image].float().mean(dim=0).detach().cpu().contiguous()
 
 
 def _without_paths(config: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ class FusedDemonstration:
     fused_tokens: torch.Tensor  # [text_tokens, hidden] in the engine's dtype, on CPU
     image_tokens: int
     raw_tokens: int
+    image_embedding: torch.Tensor | None = None  # [hidden] float32: what selection ranks by
 
 
 class AimEncoder:
@@ -47,10 +48,18 @@ class AimEncoder:
         proj_dtype = next(self.projector.parameters()).dtype
         fused = self.projector(encoding.hidden_states.to(proj_dtype))
         return FusedDemonstration(
-            fused_tokens=self._out(fused), image_tokens=encoding.image_tokens, raw_tokens=encoding.raw_tokens
+            fused_tokens=self._out(fused),
+            image_tokens=encoding.image_tokens,
+            raw_tokens=encoding.raw_tokens,
+            image_embedding=encoding.image_embedding,
         )
 
     @torch.inference_mode()
     def embed_query(self, image: Image.Image | None, text: str) -> QueryEmbedding:
         q = self.backbone.embed_query(image, text)
-        return QueryEmbedding(prefix=self._out(q.prefix), body=self._out(q.body), image_tokens=q.image_tokens)
+        return QueryEmbedding(
+            prefix=self._out(q.prefix),
+            body=self._out(q.body),
+            image_tokens=q.image_tokens,
+            image_embedding=q.image_embedding,
+        )

@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from bank import DemonstrationBank, fingerprint, open_redis
+from bank.selection import SimilarityIndex
 from projector.backbone import Backbone, load_backbone
 from projector.encoder import AimEncoder
 from projector.models import SHIPPED_PROJECTORS
@@ -104,7 +105,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 engine=engine,
                 metrics=metrics,
                 demonstrations=DemonstrationService(encoder, bank, settings, metrics, images),
-                generate=GenerateService(encoder, bank, engine, settings, metrics, images),
+                generate=GenerateService(encoder, bank, engine, settings, metrics, images, SimilarityIndex()),
                 fingerprint=fp,
             )
             log.info(

@@ -131,6 +131,7 @@ class DemonstrationService:
             metadata=item.metadata,
             image_tokens=fused.image_tokens,
             raw_tokens=fused.raw_tokens,
+            image_embedding=fused.image_embedding,
         )
 
     async def get(self, demonstration_id: str) -> Demonstration:

@@ -23,7 +23,12 @@ class DemonstrationSelection(_Strict):
 
     ids: list[str] | None = None
     set: SetName | None = None
-    k: int | None = Field(None, ge=0, description="how many of the set, in registration order; default all")
+    k: int | None = Field(None, ge=0, description="how many of the set; default all")
+    select: Literal["first", "similar"] = Field(
+        "first",
+        description="first: the set's first k in registration order; similar: the k whose images are "
+        "closest to the query image, the most similar last (nearest the query)",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DemonstrationSelection:
@@ -31,6 +36,8 @@ class DemonstrationSelection(_Strict):
             raise ValueError("give exactly one of 'ids' or 'set'")
         if self.k is not None and self.set is None:
             raise ValueError("'k' goes with 'set'")
+        if self.select != "first" and self.set is None:
+            raise ValueError("'select' goes with 'set'")
         return self
 
 

@@ -12,6 +12,8 @@ import torch
 
 from bank import DemonstrationBank, UnknownDemonstrationError, UnknownSetError
 from bank.codec import DemonstrationRecord
+from bank.selection import SimilarityIndex
+from projector.backbone import QueryEmbedding
 from projector.encoder import AimEncoder
 from projector.prompt import PromptCost, assemble_prompt, prompt_cost
 from server.demonstrations.serving import check_text, unknown_set
@@ -43,15 +45,19 @@ class GenerateService:
         settings: Settings,
         metrics: Metrics,
         images: ImageDecoder,
+        similar: SimilarityIndex,
     ) -> None:
         self.encoder = encoder
         self.bank = bank
         self.images = images
+        self.similar = similar
         self.engine = engine
         self.settings = settings
         self.metrics = metrics
 
-    async def _demonstrations(self, request: GenerateRequest) -> list[DemonstrationRecord]:
+    async def _demonstrations(
+        self, request: GenerateRequest, query: QueryEmbedding
+    ) -> list[DemonstrationRecord]:
         selection = request.demonstrations
         if selection is None:
             return []
@@ -60,14 +66,24 @@ class GenerateService:
                 ids = await self.bank.get_set(selection.set)
             except UnknownSetError:
                 raise unknown_set(selection.set, "demonstrations.set") from None
-            if selection.k is not None:
-                if selection.k > len(ids):
+            if selection.k is not None and selection.k > len(ids):
+                raise APIError(
+                    f"set {selection.set!r} has {len(ids)} demonstrations, fewer than k={selection.k}",
+                    param="demonstrations.k",
+                    code="k_exceeds_set",
+                )
+            k = len(ids) if selection.k is None else selection.k
+            if selection.select == "similar":
+                if query.image_embedding is None:
                     raise APIError(
-                        f"set {selection.set!r} has {len(ids)} demonstrations, fewer than k={selection.k}",
-                        param="demonstrations.k",
-                        code="k_exceeds_set",
+                        "'similar' ranks the set by its images' likeness to the query image: send "
+                        "query.image, or use 'first'",
+                        param="demonstrations.select",
+                        code="select_needs_image",
                     )
-                ids = ids[: selection.k]
+                ids = await self.similar.most_similar(self.bank, selection.set, query.image_embedding, k)
+            else:
+                ids = ids[:k]
             param = "demonstrations.k" if selection.k is not None else "demonstrations.set"
         else:
             ids = selection.ids or []
@@ -100,8 +116,9 @@ class GenerateService:
         if request.query.image is not None:
             (decoded,) = await self.images.decode([ImageField(request.query.image, "query.image")])
             image = decoded.image
-        demonstrations = await self._demonstrations(request)
+        # The query first: per-query selection ranks the set by the query's image embedding.
         query = await asyncio.to_thread(self.encoder.embed_query, image, request.query.text)
+        demonstrations = await self._demonstrations(request, query)
         prompt_embeds = assemble_prompt(query, [d.fused_tokens for d in demonstrations])
         cost = prompt_cost(query, demonstrations)
         limit = self.engine.max_model_len

@@ -7,6 +7,7 @@ with consistent usage out, and a clean shutdown on SIGTERM.
 from __future__ import annotations
 
 import base64
+import io
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from projector.training.scenes import shape_image
 from tests.helpers import served
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,7 +61,13 @@ def test_readme_flow_on_real_photos(server):
         items = r.json()["items"]
         assert [i["created"] for i in items] == [True, True, True]
         ids = [i["id"] for i in items]
-        assert client.get("/sets/photos").json() == {"name": "photos", "ids": ids, "size": 3}
+        assert client.get("/sets/photos").json() == {
+            "name": "photos",
+            "ids": ids,
+            "size": 3,
+            "offset": 0,
+            "limit": 10_000,
+        }
 
         body = {
             "query": {"image": photo("astronaut.jpg"), "text": "Q: What is in the picture? A:"},
@@ -111,6 +119,29 @@ def test_aim_mini_answers_a_zero_shot_question_about_an_easy_vqa_image(server):
             right += item.shape in r.json()["text"].lower()
     # 87.5 % zero-shot on held-out images when the connector was trained; 2 % with a random one
     assert right >= 5, f"{right} of {len(images)} right"
+
+
+def test_a_circle_query_gets_circle_demonstrations_with_select_similar(server):
+    """Per-query selection on the real default model: unseen colours, the shape decides."""
+    base, _, _ = server
+
+    def shape(color: str, name: str) -> str:
+        buf = io.BytesIO()
+        shape_image((224, 224), color, name).save(buf, "PNG")
+        return base64.b64encode(buf.getvalue()).decode()
+
+    items = [{"image": shape(c, s), "text": f"Q: What shape is it? A: {s}"}
+             for s in ("circle", "square", "triangle") for c in ("red", "blue", "green", "orange")]  # fmt: skip
+    with httpx.Client(base_url=base, timeout=300) as client:
+        r = client.post("/demonstrations", json={"set": "shapes", "items": items})
+        assert r.status_code == 200, r.text
+        shape_of = {it["id"]: items[i]["text"].rsplit(" ", 1)[1] for i, it in enumerate(r.json()["items"])}
+        for color in ("yellow", "purple"):
+            query = {"query": {"image": shape(color, "circle"), "text": "Q: What shape is it? A:"},
+                     "demonstrations": {"set": "shapes", "k": 3, "select": "similar"}, "max_tokens": 4}  # fmt: skip
+            r = client.post("/generate", json=query)
+            assert r.status_code == 200, r.text
+            assert [shape_of[i] for i in r.json()["demonstrations"]] == ["circle"] * 3
 
 
 def test_sigterm_shuts_down_cleanly(server):
