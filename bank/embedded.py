@@ -144,9 +144,9 @@ class EmbeddedRedis:
                 continue
             code = self._process.returncode if self._process is not None else None
             log.error("embedded redis-server exited (%s); restarting it from its append-only file", code)
+            self.restarts += 1  # counted as it begins: the server may answer before start() sees it ready
             try:
                 await self.start()
-                self.restarts += 1
             except RuntimeError as exc:
                 log.error("embedded redis-server restart failed: %s", exc)
 
