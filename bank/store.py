@@ -8,6 +8,8 @@ of one fingerprint lives on one slot and the Lua scripts below stay atomic there
 - ``set:<name>``        list of ids in registration order
 - ``set-members:<name>`` the same ids as a set, so appends are idempotent
 - ``demo-sets:<id>``    the sets an id belongs to, so deleting it cleans every set
+- ``source:<id>``       the image it was made from, when sources are kept (``aim bank reencode``)
+- ``sets-version``      moved by every change to any set (per-query selection caches on it)
 - ``sets``              all set names
 
 Every mutation is one Lua script: it happens completely or not at all.
@@ -19,7 +21,7 @@ import copy
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -45,23 +47,25 @@ HEADER_PROBE_BYTES = 4096
 
 log = logging.getLogger(__name__)
 
-# ARGV: prefix, set name ('' for none), then (id, blob) pairs in the order they join the set. An empty
+# ARGV: prefix, set name ('' for none), then (id, blob, source) triples in the order they join the set;
+# source is the image the demonstration was made from, kept beside it when asked ('' otherwise). An empty
 # blob (no stored blob is empty) means "already stored": those ids are checked before anything is
 # written, and if any is missing the script writes nothing and returns them. Existing blobs are never
 # overwritten (SET NX), so a known id costs no tensor bytes either way.
 _PUT = """
 local prefix, set = ARGV[1], ARGV[2]
 local missing, created = {}, {}
-for i = 3, #ARGV, 2 do
+for i = 3, #ARGV, 3 do
   if ARGV[i + 1] == '' and redis.call('EXISTS', prefix .. 'demo:' .. ARGV[i]) == 0 then
     missing[#missing + 1] = ARGV[i]
   end
 end
 if #missing > 0 then return {missing, created} end
 local changed = false
-for i = 3, #ARGV, 2 do
-  local id, blob = ARGV[i], ARGV[i + 1]
+for i = 3, #ARGV, 3 do
+  local id, blob, source = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   created[#created + 1] = blob ~= '' and redis.call('SET', prefix .. 'demo:' .. id, blob, 'NX') and 1 or 0
+  if created[#created] == 1 and source ~= '' then redis.call('SET', prefix .. 'source:' .. id, source) end
   if set ~= '' then
     if redis.call('SADD', prefix .. 'set-members:' .. set, id) == 1 then
       redis.call('RPUSH', prefix .. 'set:' .. set, id)
@@ -85,7 +89,7 @@ for _, s in ipairs(sets) do
   redis.call('SREM', prefix .. 'set-members:' .. s, id)
   if redis.call('LLEN', prefix .. 'set:' .. s) == 0 then redis.call('SREM', prefix .. 'sets', s) end
 end
-redis.call('DEL', prefix .. 'demo-sets:' .. id)
+redis.call('DEL', prefix .. 'demo-sets:' .. id, prefix .. 'source:' .. id)
 return existed
 """
 
@@ -201,22 +205,27 @@ class DemonstrationBank:
 
     # -- writes -----------------------------------------------------------------------------------
     async def put_many(
-        self, entries: Sequence[DemonstrationRecord | str], *, set_name: str | None = None
+        self,
+        entries: Sequence[DemonstrationRecord | str],
+        *,
+        set_name: str | None = None,
+        sources: Mapping[str, bytes] | None = None,
     ) -> list[bool]:
         """Store the records and append every entry to ``set_name`` in order, atomically; say which
         records were created (an id stored before is left as it is).
 
         A plain id stands for a demonstration already stored: it joins the set without its tensor
         being read or written. If any such id is missing, ``UnknownDemonstrationError`` names them all
-        and nothing is written.
+        and nothing is written. ``sources`` (id -> image bytes) are kept beside new records.
         """
         now = time.time()
+        sources = sources or {}
         args: list[Any] = [self.prefix, set_name or ""]
         for entry in entries:
             if isinstance(entry, str):
-                args += [entry, b""]
+                args += [entry, b"", b""]
             else:
-                args += [entry.id, encode_record(replace(entry, created_at=now))]
+                args += [entry.id, encode_record(replace(entry, created_at=now)), sources.get(entry.id, b"")]
         missing, created = await self._put(keys=[], args=args)
         if missing:
             raise UnknownDemonstrationError([i.decode() for i in missing])
@@ -316,6 +325,10 @@ class DemonstrationBank:
                 embeddings.pop(i)
         return embeddings
 
+    async def source(self, demonstration_id: str) -> bytes | None:
+        """The image a demonstration was made from, if sources were kept when it was registered."""
+        return await self.client.get(f"{self.prefix}source:{demonstration_id}")
+
     async def sets_version(self) -> int:
         """A counter every change to any set of this namespace moves: caches of set contents key on it."""
         return int(await self.client.get(f"{self.prefix}sets-version") or 0)
@@ -413,15 +426,18 @@ class DemonstrationBank:
         blobs = await self.client.mget(keys) if keys else []
         return [(k.decode()[len(marker) :], b) for k, b in zip(keys, blobs, strict=True) if b is not None]
 
-    async def restore(self, records: Sequence[tuple[str, bytes]]) -> list[bool]:
-        """Store exported blobs byte for byte (each checked first; an id already stored is left as it is)."""
+    async def restore(
+        self, records: Sequence[tuple[str, bytes]], sources: Mapping[str, bytes] | None = None
+    ) -> list[bool]:
+        """Store exported blobs byte for byte (each checked first; an id already stored is left as it is),
+        with the source images kept beside them where given."""
         for demonstration_id, blob in records:
             record = decode_record(blob, hidden_size=self.hidden_size)  # format, shape and checksum
             if record.id != demonstration_id:
                 raise CodecError(f"blob for {demonstration_id} holds demonstration {record.id}")
         args: list[Any] = [self.prefix, ""]
         for demonstration_id, blob in records:
-            args += [demonstration_id, blob]
+            args += [demonstration_id, blob, (sources or {}).get(demonstration_id, b"")]
         _, created = await self._put(keys=[], args=args)
         await self._durable()
         return [bool(flag) for flag in created]

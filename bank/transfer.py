@@ -7,6 +7,7 @@ Layout of an export (JSON lines and the stored safetensors blobs, byte for byte;
     <fingerprint>/demonstrations.jsonl {"namespace", "id", "file", "sha256"} per demonstration
     <fingerprint>/sets.jsonl           {"namespace", "name", "ids"} per set, ids in set order
     <fingerprint>/blobs/<namespace>/<id>.safetensors
+    <fingerprint>/sources/<namespace>/<id>.image   the kept source image, where there is one
 
 A blob carries its own format version and tensor checksum (``bank.codec``); import also checks each
 file's sha256 against the listing and that a blob holds the demonstration it is listed as. Import is
@@ -73,15 +74,20 @@ async def export_bank(client: aioredis.Redis, out: Path, fingerprints: list[str]
             for demonstration_id, blob in await bank.raw_records():
                 file = blob_dir / f"{demonstration_id}.safetensors"
                 file.write_bytes(blob)
-                digest = hashlib.sha256(blob).hexdigest()
-                listing.append(
-                    {
-                        "namespace": namespace,
-                        "id": demonstration_id,
-                        "file": str(file.relative_to(fp_dir)),
-                        "sha256": digest,
-                    }
-                )
+                entry = {
+                    "namespace": namespace,
+                    "id": demonstration_id,
+                    "file": str(file.relative_to(fp_dir)),
+                    "sha256": hashlib.sha256(blob).hexdigest(),
+                }
+                source = await bank.source(demonstration_id)
+                if source is not None:
+                    source_file = fp_dir / "sources" / _namespace_dir(namespace) / f"{demonstration_id}.image"
+                    source_file.parent.mkdir(parents=True, exist_ok=True)
+                    source_file.write_bytes(source)
+                    entry["source"] = str(source_file.relative_to(fp_dir))
+                    entry["source_sha256"] = hashlib.sha256(source).hexdigest()
+                listing.append(entry)
             for name in await bank.list_sets():
                 set_lines.append({"namespace": namespace, "name": name, "ids": await bank.get_set(name)})
         fp_dir.mkdir(parents=True, exist_ok=True)
@@ -110,13 +116,16 @@ async def import_bank(
         fp_dir = src / fp
         listing = _read_jsonl(fp_dir / "demonstrations.jsonl")
         records = _checked_blobs(fp_dir, listing)  # everything is checked before anything is written
+        sources = {
+            e["id"]: _checked_file(fp_dir, e["source"], e["source_sha256"]) for e in listing if "source" in e
+        }
         root = DemonstrationBank(client, fp)
         created = 0
         for namespace in sorted({e["namespace"] for e in listing}, key=lambda n: n or ""):
             bank = root.in_namespace(namespace)
             mine = [records[i] for i, e in enumerate(listing) if e["namespace"] == namespace]
             for start in range(0, len(mine), batch):
-                created += sum(await bank.restore(mine[start : start + batch]))
+                created += sum(await bank.restore(mine[start : start + batch], sources))
         sets = _read_jsonl(fp_dir / "sets.jsonl")
         for entry in sets:
             await root.in_namespace(entry["namespace"]).add_to_set(entry["ids"], entry["name"])
@@ -128,14 +137,7 @@ def _checked_blobs(fp_dir: Path, listing: list[dict]) -> list[tuple[str, bytes]]
     records = []
     for entry in listing:
         path = fp_dir / entry["file"]
-        if not path.resolve().is_relative_to(fp_dir.resolve()):
-            raise TransferError(f"{entry['file']} points outside the export")
-        try:
-            blob = path.read_bytes()
-        except OSError as exc:
-            raise TransferError(f"cannot read {path}: {exc}") from exc
-        if hashlib.sha256(blob).hexdigest() != entry["sha256"]:
-            raise TransferError(f"{path} does not match its sha256 in demonstrations.jsonl")
+        blob = _checked_file(fp_dir, entry["file"], entry["sha256"])
         try:
             record = decode_record(blob)
         except CodecError as exc:
@@ -144,6 +146,19 @@ def _checked_blobs(fp_dir: Path, listing: list[dict]) -> list[tuple[str, bytes]]
             raise TransferError(f"{path} holds demonstration {record.id}, listed as {entry['id']}")
         records.append((entry["id"], blob))
     return records
+
+
+def _checked_file(fp_dir: Path, name: str, sha256: str) -> bytes:
+    path = fp_dir / name
+    if not path.resolve().is_relative_to(fp_dir.resolve()):
+        raise TransferError(f"{name} points outside the export")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TransferError(f"cannot read {path}: {exc}") from exc
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise TransferError(f"{path} does not match its sha256 in demonstrations.jsonl")
+    return data
 
 
 def _read_manifest(src: Path) -> dict:

@@ -7,6 +7,7 @@ for) and ``model.safetensors`` (the weights). No pickle.
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -49,7 +50,14 @@ class Projector(nn.Module):
                 self.linear.weight.copy_(torch.eye(d))
                 self.linear.bias.zero_()
         if config.kind == "mlp":
-            # Residual MLP whose output layer starts at zero: identity at initialisation too.
+            # Residual MLP whose output layer starts at zero: identity at initialisation too. The hidden
+            # layer is seeded: its weights enter the bank fingerprint, which must be the same at every
+            # start (an unseeded one gave every restart a new fingerprint and a cold bank).
+            seeded = torch.Generator().manual_seed(0)
+            bound = 1 / math.sqrt(d)
+            with torch.no_grad():
+                self.linear.weight.uniform_(-bound, bound, generator=seeded)
+                self.linear.bias.uniform_(-bound, bound, generator=seeded)
             self.out = nn.Linear(d, d)
             nn.init.zeros_(self.out.weight)
             nn.init.zeros_(self.out.bias)

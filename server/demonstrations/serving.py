@@ -41,6 +41,7 @@ class _Checked:
     image: Image.Image
     text: str
     metadata: dict
+    data: bytes  # the image as received: what the id hashes, and the source kept with AIM_BANK_KEEP_SOURCES
 
 
 def check_text(text: str, *, param: str, max_chars: int) -> None:
@@ -86,7 +87,7 @@ class DemonstrationService:
         fields = [ImageField(item.image, f"items[{i}].image") for i, item in enumerate(request.items)]
         images = await self.images.decode(fields)
         return [
-            _Checked(demonstration_id(d.data, item.text), d.image, item.text, item.metadata or {})
+            _Checked(demonstration_id(d.data, item.text), d.image, item.text, item.metadata or {}, d.data)
             for d, item in zip(images, request.items, strict=True)
         ]
 
@@ -101,7 +102,10 @@ class DemonstrationService:
                 if c.id not in counts and c.id not in records:
                     records[c.id] = await self._encode(c)
             try:
-                created = await self.bank.put_many([records.get(i, i) for i in unique], set_name=request.set)
+                sources = {i: unique[i].data for i in records} if self.settings.bank_keep_sources else None
+                created = await self.bank.put_many(
+                    [records.get(i, i) for i in unique], set_name=request.set, sources=sources
+                )
                 break
             except UnknownDemonstrationError as exc:
                 # Deleted (by another request or replica) between the check and the write, and the

@@ -27,7 +27,9 @@ async def fill(client) -> None:
     a = DemonstrationBank(client, FP_A)
     await a.put_many([demo_record(1), demo_record(2, torch.bfloat16)], set_name="first")
     await a.put_many([demo_record(2, torch.bfloat16), demo_record(3)], set_name="second")
-    await a.in_namespace("alice").put_many([demo_record(1), demo_record(4)], set_name="first")
+    await a.in_namespace("alice").put_many(
+        [demo_record(1), demo_record(4)], set_name="first", sources={demo_record(4).id: b"kept image bytes"}
+    )
     await DemonstrationBank(client, FP_B).put_many([demo_record(5)], set_name="other")
 
 

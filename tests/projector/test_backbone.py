@@ -107,3 +107,11 @@ def test_query_capture_does_not_disturb_generation_on_another_thread(backbone: B
         captures = [pool.submit(backbone.embed_query, image, "What color?") for _ in range(8)]
         assert [g.result() for g in generations] == [expected] * 4
         assert all(torch.equal(c.result().body, q.body) for c in captures)
+
+
+def test_an_untrained_projector_has_the_same_digest_at_every_start():
+    from projector.projector import Projector
+
+    for kind in ("linear", "mlp"):
+        digests = {Projector.identity(backbone="b", hidden_size=8, kind=kind).digest() for _ in range(3)}
+        assert len(digests) == 1, kind
