@@ -19,6 +19,7 @@ import torch
 
 from server.chat.protocol import ChatCompletionRequest
 from server.chat.serving import chat_request
+from server.engines.base import EngineError, EngineOutput
 from server.generate.protocol import GenerateRequest
 from server.generate.serving import generate_request
 from tests.helpers import RunningApp, make_settings, png_b64, start_app
@@ -336,3 +337,26 @@ async def test_models_list_the_backbone_with_its_projector(chat_app, client, mod
         model=encoder.backbone.name, messages=[user_message(QUESTION)], max_tokens=1
     )
     assert completion.model == model_id
+
+
+async def test_an_engine_failure_after_the_stream_started_is_its_last_event(
+    chat_app, client, model_id, monkeypatch
+):
+    """The status line is gone once a stream starts: the error comes as a last data event, and the
+    official client raises it."""
+    engine = chat_app.state.engine
+
+    async def failing(prompt_embeds, options, request_id):
+        yield EngineOutput(text="partial", token_ids=[1], finished=False)
+        raise EngineError("the engine fell over")
+
+    monkeypatch.setattr(engine, "generate", failing)
+    stream = await client.chat.completions.create(
+        model=model_id, messages=[user_message(QUESTION)], max_tokens=4, stream=True
+    )
+    received = []
+    with pytest.raises(openai.APIError) as caught:
+        async for chunk in stream:
+            received.append(chunk.choices[0].delta.content)
+    assert received == ["", "partial"]
+    assert caught.value.body["code"] == "internal_error"  # nothing of the engine's inner state leaks
