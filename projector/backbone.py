@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 from PIL import Image
 
 from projector.models import register_model_types
-from projector.templates import Templates, model_templates, read_recipe
+from projector.templates import Templates, conversation_prompt, model_templates, read_recipe
 
 # Model types whose text positions are plain 1-D positions, so prompt embeddings carry everything the
 # decoder needs. Qwen2-VL's multimodal RoPE positions do not survive the trip through prompt_embeds.
@@ -156,15 +157,39 @@ class Backbone:
             image_embedding=image_embedding(out.hidden_states[0][0], is_image),
         )
 
-    def embed_query(self, image: Image.Image | None, text: str) -> QueryEmbedding:
+    def embed_query(
+        self, image: Image.Image | None, text: str, history: Sequence[tuple[str, str]] = ()
+    ) -> QueryEmbedding:
         """The query's input embeddings exactly as the model's forward would compute them.
 
         The model's own forward runs until the decoder is about to start, and the ``inputs_embeds``
         it hands the decoder are taken there: the image is spliced in by the model's own code, for
-        every architecture in the family. Runs under the caller's grad mode.
+        every architecture in the family. Runs under the caller's grad mode. ``history``: earlier
+        turns of a conversation, ``(role, text)``, placed as ``conversation_prompt`` says; without
+        any, the query template alone.
         """
         template = self.templates.for_query(image is not None)
-        return self._embed_prompt([image] if image is not None else [], template.format(text=text))
+        prompt = conversation_prompt(
+            template, history, text, self._render_chat if self.chat_template else None
+        )
+        return self._embed_prompt([image] if image is not None else [], prompt)
+
+    @property
+    def image_token(self) -> str:
+        """The placeholder the processor expands into image tokens (``<image>``)."""
+        return str(self.tokenizer.convert_ids_to_tokens(self.image_token_id))
+
+    @property
+    def chat_template(self) -> str | None:
+        """The model's chat template (the tokenizer's, else the processor's), if it has one."""
+        return getattr(self.tokenizer, "chat_template", None) or getattr(
+            self.processor, "chat_template", None
+        )
+
+    def _render_chat(self, messages: list[dict[str, str]]) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=True
+        )
 
     def raw_prompt_embeds(
         self,

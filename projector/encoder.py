@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -55,8 +56,10 @@ class AimEncoder:
         )
 
     @torch.inference_mode()
-    def embed_query(self, image: Image.Image | None, text: str) -> QueryEmbedding:
-        q = self.backbone.embed_query(image, text)
+    def embed_query(
+        self, image: Image.Image | None, text: str, history: Sequence[tuple[str, str]] = ()
+    ) -> QueryEmbedding:
+        q = self.backbone.embed_query(image, text, history)
         return QueryEmbedding(
             prefix=self._out(q.prefix),
             body=self._out(q.body),

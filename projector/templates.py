@@ -7,6 +7,7 @@ part of a backbone's identity (they change the hidden states), so they enter the
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,3 +44,58 @@ def model_templates(recipe: dict[str, Any], **overrides: str | None) -> Template
         text_query=overrides.get("text_query")
         or recipe.get("text_query_template", DEFAULT_TEXT_QUERY_TEMPLATE),
     )
+
+
+class ConversationError(ValueError):
+    """Earlier turns of a conversation that the model's chat template refuses to render."""
+
+
+# Where the query goes while a chat template renders the conversation around it.
+_QUERY_SLOT = "\x00aim-query-slot\x00"
+
+
+def conversation_prompt(
+    template: str,
+    history: Sequence[tuple[str, str]],
+    text: str,
+    render_chat: Callable[[list[dict[str, str]]], str] | None = None,
+) -> str:
+    """The prompt text of a query that follows earlier turns (``(role, text)`` pairs) of a conversation.
+
+    Without earlier turns it is ``template`` with the query's text, exactly what a single query gets,
+    so a one-message conversation and a single query give the same prompt to the byte. With earlier
+    turns and a chat template (``render_chat``: messages -> text, generation prompt added) of which
+    ``template`` is one user turn (as aim-mini's query templates are SmolLM2's), the whole
+    conversation goes through the chat template, the last user turn's content being the template's
+    content for that turn: a system turn replaces the default one, earlier turns sit where the model
+    expects them. Otherwise the earlier turns come first as ``role: text`` lines, then ``template``.
+    """
+    query = template.format(text=text)
+    if not history:
+        return query
+    if render_chat is not None and (content := _user_turn_content(template, render_chat)) is not None:
+        messages = [{"role": role, "content": turn} for role, turn in history]
+        rendered = _render(render_chat, [*messages, {"role": "user", "content": _QUERY_SLOT}])
+        if rendered.count(_QUERY_SLOT) == 1:
+            before, _, after = rendered.partition(_QUERY_SLOT)
+            return before + content.format(text=text) + after
+    return "".join(f"{role}: {turn}\n" for role, turn in history) + query
+
+
+def _user_turn_content(template: str, render_chat: Callable[[list[dict[str, str]]], str]) -> str | None:
+    """What ``template`` puts inside a user turn of the chat template, if it is one such turn."""
+    single = _render(render_chat, [{"role": "user", "content": _QUERY_SLOT}])
+    head, slot, tail = single.partition(_QUERY_SLOT)
+    if not slot or len(head) + len(tail) > len(template):
+        return None
+    if not (template.startswith(head) and template.endswith(tail)):
+        return None
+    content = template[len(head) : len(template) - len(tail)]
+    return content if "{text}" in content else None
+
+
+def _render(render_chat: Callable[[list[dict[str, str]]], str], messages: list[dict[str, str]]) -> str:
+    try:
+        return render_chat(messages)
+    except Exception as exc:  # a Jinja template's raise_exception(), or any other refusal of the turns
+        raise ConversationError(f"the model's chat template cannot render these messages: {exc}") from exc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,6 +20,8 @@ from projector.models import SHIPPED_PROJECTORS
 from projector.projector import Projector
 from server.auth import ApiKeys, get_tenant
 from server.body_limit import BodySizeLimit
+from server.chat.api_router import router as chat_router
+from server.chat.serving import ModelIdentity
 from server.demonstrations.api_router import router as demonstrations_router
 from server.demonstrations.serving import DemonstrationService
 from server.engines.factory import build_engine
@@ -107,6 +110,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 demonstrations=DemonstrationService(encoder, bank, settings, metrics, images),
                 generate=GenerateService(encoder, bank, engine, settings, metrics, images, SimilarityIndex()),
                 fingerprint=fp,
+                model=ModelIdentity(
+                    encoder.backbone.name,
+                    encoder.projector.digest(),
+                    max_model_len=engine.max_model_len,
+                    created=int(time.time()),
+                ),
             )
             log.info(
                 "ready: model %s, engine %s, bank %s (fingerprint %s)",
@@ -150,5 +159,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     authenticated = [Depends(get_tenant)]
     app.include_router(demonstrations_router, dependencies=authenticated)
     app.include_router(generate_router, dependencies=authenticated)
+    app.include_router(chat_router, dependencies=authenticated)
     app.include_router(health_router)  # /health is open; /ready and /metrics authenticate themselves
     return app

@@ -8,6 +8,7 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, Request
 
 from server.auth import Tenant, TenantDep
+from server.chat.serving import ChatService
 from server.demonstrations.serving import DemonstrationService
 from server.errors import ServiceUnavailableError
 from server.generate.serving import GenerateService
@@ -44,3 +45,11 @@ def get_generate_service(state: StateDep, tenant: TenantDep) -> GenerateService:
 
 DemonstrationServiceDep = Annotated[DemonstrationService, Depends(get_demonstration_service)]
 GenerateServiceDep = Annotated[GenerateService, Depends(get_generate_service)]
+
+
+def get_chat_service(state: StateDep, tenant: TenantDep) -> ChatService:
+    """Chat completions over the tenant's own generation service: one path, one scoping."""
+    return ChatService(_for_tenant(state.generate, tenant), state.model, state.fingerprint)
+
+
+ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]

@@ -13,7 +13,10 @@ class Metrics:
             "aim_demonstrations_registered", "Demonstrations newly encoded and stored", registry=r
         )
         self.generate_requests = Counter(
-            "aim_generate_requests", "Finished /generate requests", ["finish_reason"], registry=r
+            "aim_generate_requests",
+            "Finished generation requests (/generate and /v1/chat/completions)",
+            ["finish_reason"],
+            registry=r,
         )
         self.prompt_tokens = Counter(
             "aim_prompt_tokens", "Prompt tokens sent to the engine", ["kind"], registry=r
@@ -29,7 +32,7 @@ class Metrics:
         )
         self.request_latency = Histogram(
             "aim_generate_latency_seconds",
-            "End-to-end /generate latency",
+            "End-to-end generation latency (/generate and /v1/chat/completions)",
             registry=r,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )

@@ -35,6 +35,14 @@ _WHEN = {
 }
 
 
+# One server-sent event of a stream: its data is a chunk as JSON, an error envelope, or [DONE].
+SSE_EVENT = {
+    "type": "object",
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+    "required": ["data"],
+}
+
+
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """``responses=`` for a route: each status it can answer with the error envelope."""
     return {status: {"model": ErrorResponse, "description": _WHEN[status]} for status in statuses}

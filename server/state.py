@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from bank import DemonstrationBank, RedisConnection
 from projector.encoder import AimEncoder
+from server.chat.serving import ModelIdentity
 from server.demonstrations.serving import DemonstrationService
 from server.engines.base import Engine
 from server.generate.serving import GenerateService
@@ -24,3 +25,4 @@ class AppState:
     demonstrations: DemonstrationService
     generate: GenerateService
     fingerprint: str
+    model: ModelIdentity  # what /v1/models lists and chat requests may name

@@ -7,9 +7,9 @@ record that can never be read again. Every string field is checked here, where i
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 SET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 MAX_JSON_DEPTH = 16
@@ -47,3 +47,33 @@ SetName = Annotated[str, Field(pattern=SET_NAME_PATTERN)]
 StopString = Annotated[Text, Field(min_length=1, max_length=256)]
 # What both engines accept as a seed (vLLM and torch take a signed or unsigned 64-bit value).
 MAX_SEED = 2**63 - 1
+
+
+class DemonstrationSelection(BaseModel):
+    """Either explicit ``ids`` (in prompt order) or ``k`` of a named ``set``: its first ``k``, or the ``k``
+    most like the query's image (``select: similar``).
+
+    The same object in every protocol that asks for generation (``/generate``'s ``demonstrations``,
+    the extra ``demonstrations`` field of ``/v1/chat/completions``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[str] | None = None
+    set: SetName | None = None
+    k: int | None = Field(None, ge=0, description="how many of the set; default all")
+    select: Literal["first", "similar"] = Field(
+        "first",
+        description="first: the set's first k in registration order; similar: the k whose images are "
+        "closest to the query image, the most similar last (nearest the query)",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DemonstrationSelection:
+        if (self.ids is None) == (self.set is None):
+            raise ValueError("give exactly one of 'ids' or 'set'")
+        if self.k is not None and self.set is None:
+            raise ValueError("'k' goes with 'set'")
+        if self.select != "first" and self.set is None:
+            raise ValueError("'select' goes with 'set'")
+        return self

@@ -30,6 +30,10 @@ from projector.training.scenes import shape_image
 from server.app import create_app
 from server.settings import Settings
 
+# The checkout these tests belong to. Servers started as processes import its code (PYTHONPATH), not
+# whatever copy of the project is installed: the same tree in CI, the right one in any other worktree.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 # CI points this at the local Redis so integration tests run on both deployments.
 EXTERNAL_REDIS_URL = os.environ.get("AIM_REDIS_URL") or None
 
@@ -135,7 +139,7 @@ class ServerProcess:
 @contextmanager
 def served(work: Path, env: dict[str, str], *, start_timeout: float) -> Iterator[ServerProcess]:
     """``aim serve`` as a process on a free loopback port, with only the given ``AIM_*`` settings,
-    ready (``/ready`` 200) when yielded; killed on exit if still running."""
+    running this checkout's code, ready (``/ready`` 200) when yielded; killed on exit if still running."""
     port = free_port()
     full_env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("AIM_")},
@@ -143,6 +147,7 @@ def served(work: Path, env: dict[str, str], *, start_timeout: float) -> Iterator
         "AIM_DATA_DIR": str(work / "data"),
         "AIM_CACHE_DIR": str(work / "cache"),
         "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p),
         **env,
     }
     log_path = work / "server.log"

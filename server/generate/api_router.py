@@ -9,22 +9,21 @@ from fastapi.responses import StreamingResponse
 from server.deps import GenerateServiceDep
 from server.errors import error_body
 from server.generate.protocol import GenerateRequest, GenerateResponse
-from server.generate.serving import GenerateService, PreparedRequest
-from server.openapi import errors
+from server.generate.serving import (
+    GenerateService,
+    PreparedRequest,
+    generate_chunks,
+    generate_request,
+    generate_response,
+)
+from server.openapi import SSE_EVENT, errors
 
 router = APIRouter(tags=["generate"])
-
-# One server-sent event: its data is a GenerateChunk as JSON, an error envelope, or [DONE].
-SSE_EVENT = {
-    "type": "object",
-    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
-    "required": ["data"],
-}
 
 
 async def _events(service: GenerateService, prepared: PreparedRequest) -> AsyncIterator[str]:
     try:
-        async for chunk in service.stream(prepared):
+        async for chunk in generate_chunks(service, prepared):
             yield f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
     except Exception as exc:  # the status line is sent: the error travels as the stream's last event
         yield f"data: {json.dumps(error_body(exc))}\n\n"
@@ -46,7 +45,7 @@ async def generate(
     body: GenerateRequest, service: GenerateServiceDep
 ) -> GenerateResponse | StreamingResponse:
     """Answer a few-shot query over cached fused tokens. With ``stream: true``, server-sent events."""
-    prepared = await service.prepare(body)  # every 4xx happens here, before any byte is streamed
+    prepared = await service.prepare(generate_request(body))  # every 4xx here, before any byte streams
     if body.stream:
         return StreamingResponse(_events(service, prepared), media_type="text/event-stream")
-    return await service.generate(prepared)
+    return generate_response(await service.generate(prepared))

@@ -6,7 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from server.wire import MAX_SEED, SetName, StopString, Text
+from server.wire import MAX_SEED, DemonstrationSelection, StopString, Text
+
+# DemonstrationSelection is shared with /v1/chat/completions; it is part of this protocol too.
+__all__ = ["DemonstrationSelection", "GenerateChunk", "GenerateRequest", "GenerateResponse", "Query", "Usage"]
 
 
 class _Strict(BaseModel):
@@ -16,29 +19,6 @@ class _Strict(BaseModel):
 class Query(_Strict):
     image: str | None = Field(None, description="base64 image or data URL; omit for a text-only query")
     text: Text
-
-
-class DemonstrationSelection(_Strict):
-    """Either explicit ``ids`` (in prompt order) or the first ``k`` of a named ``set``."""
-
-    ids: list[str] | None = None
-    set: SetName | None = None
-    k: int | None = Field(None, ge=0, description="how many of the set; default all")
-    select: Literal["first", "similar"] = Field(
-        "first",
-        description="first: the set's first k in registration order; similar: the k whose images are "
-        "closest to the query image, the most similar last (nearest the query)",
-    )
-
-    @model_validator(mode="after")
-    def _one_source(self) -> DemonstrationSelection:
-        if (self.ids is None) == (self.set is None):
-            raise ValueError("give exactly one of 'ids' or 'set'")
-        if self.k is not None and self.set is None:
-            raise ValueError("'k' goes with 'set'")
-        if self.select != "first" and self.set is None:
-            raise ValueError("'select' goes with 'set'")
-        return self
 
 
 class GenerateRequest(_Strict):

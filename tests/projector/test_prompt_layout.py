@@ -22,6 +22,7 @@ from projector.training.episodes import Episode, Pair, demo_text
 from projector.training.features import FeatureCache
 from projector.training.trainer import episode_embeds
 from server.generate.protocol import GenerateRequest
+from server.generate.serving import generate_request
 from tests.helpers import make_settings, png_bytes, start_app
 
 DEMONSTRATIONS = [("red", "circle"), ("blue", "square"), ("green", "circle")]
@@ -54,7 +55,7 @@ async def server_prompt(tiny_model_dir: Path, tmp_path: Path, demos, query: Path
         request = GenerateRequest(
             query={"image": _b64(query), "text": QUESTION}, demonstrations={"ids": ids}, max_tokens=4
         )
-        prepared = await app.state.generate.prepare(request)
+        prepared = await app.state.generate.prepare(generate_request(request))
         return prepared.prompt_embeds
     raise AssertionError("the app did not start")
 

@@ -40,6 +40,8 @@ def bearer(key: str) -> dict[str, str]:
         ("DELETE", "/sets/any"),
         ("POST", "/demonstrations"),
         ("POST", "/generate"),
+        ("POST", "/v1/chat/completions"),
+        ("GET", "/v1/models"),
     ],
 )
 @pytest.mark.parametrize(
@@ -135,6 +137,16 @@ async def test_tenants_see_only_their_own_demonstrations_and_sets(keyed: Running
         "/generate", headers=bearer(BOB), json={**query, "demonstrations": {"set": "mine"}}
     )
     assert r.status_code == 404 and r.json()["error"]["code"] == "set_not_found"
+    # Chat completions go through the same tenant-scoped service.
+    chat = {"messages": [{"role": "user", "content": "Q: colour? A:"}], "max_tokens": 2}
+    for selection, code in [
+        ({"ids": [alice_id]}, "demonstration_not_found"),
+        ({"set": "mine"}, "set_not_found"),
+    ]:
+        r = await keyed.client.post(
+            "/v1/chat/completions", headers=bearer(BOB), json={**chat, "demonstrations": selection}
+        )
+        assert r.status_code == 404 and r.json()["error"]["code"] == code
 
     # The same content registered by Bob is his own record, in his own set of the same name.
     bob_id = await register_as(keyed, BOB, "green", "mine")
@@ -148,6 +160,10 @@ async def test_tenants_see_only_their_own_demonstrations_and_sets(keyed: Running
     assert (await keyed.client.get("/sets/mine", headers=bearer(ALICE))).json()["ids"] == [alice_id]
     r = await keyed.client.post(
         "/generate", headers=bearer(ALICE), json={**query, "demonstrations": {"set": "mine"}}
+    )
+    assert r.status_code == 200 and r.json()["demonstrations"] == [alice_id]
+    r = await keyed.client.post(
+        "/v1/chat/completions", headers=bearer(ALICE), json={**chat, "demonstrations": {"set": "mine"}}
     )
     assert r.status_code == 200 and r.json()["demonstrations"] == [alice_id]
     # The admin key works in the shared namespace, where neither tenant's set lives.

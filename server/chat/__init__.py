@@ -1,0 +1,1 @@
+"""OpenAI-compatible chat completions and model listing over the generation path of ``/generate``."""
