@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bank import DemonstrationBank, RedisConnection
 from projector.encoder import AimEncoder
@@ -24,3 +24,4 @@ class AppState:
     demonstrations: DemonstrationService
     generate: GenerateService
     fingerprint: str
+    projector: dict = field(default_factory=dict)  # GET /ready: checkpoint, kind, layer, provenance
