@@ -20,7 +20,7 @@ def test_evaluation_smoke(tiny_model_dir: Path, backbone: Backbone, tmp_path: Pa
     summary = run(EvalConfig(model=str(tiny_model_dir), projector=ckpt, n_test=3, pool=4, shots="0,1",
                              out=tmp_path / "eval", quiet=True, device="cpu", max_new_tokens=2))  # fmt: skip
     rows = {(r["setting"], r["k"]): r for r in summary["results"]}
-    assert set(rows) == {("zero-shot", 0), ("raw-icl", 1), ("aim", 1), ("aim-identity", 1)}
+    assert set(rows) == {("zero-shot", 0), ("zero-shot", 1), ("raw-icl", 1), ("aim", 1), ("aim-identity", 1)}
     # One demonstration costs its text tokens with AIM and text + image tokens raw.
     assert rows[("aim", 1)]["prompt_tokens"] < rows[("raw-icl", 1)]["prompt_tokens"]
     assert rows[("aim", 1)]["prompt_tokens"] > rows[("zero-shot", 0)]["prompt_tokens"]
@@ -37,6 +37,7 @@ def test_evaluation_smoke(tiny_model_dir: Path, backbone: Backbone, tmp_path: Pa
         ({"also": ["nocheckpoint"]}, "--also NAME=CKPT expected"),
         ({"benchmark": "vqav2"}, "unknown benchmark 'vqav2'"),
         ({"shots": "1,two"}, "--shots takes comma-separated whole numbers"),
+        ({"settings": "aim-identity", "record_into": "p"}, "--record-into needs the raw-icl setting"),
     ],
 )
 def test_bad_configurations_are_evaluation_errors(overrides: dict, message: str) -> None:
