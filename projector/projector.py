@@ -1,15 +1,20 @@
 """The AIM projector: maps backbone hidden states at text positions to fused tokens.
 
 Checkpoint format: a directory with ``projector.json`` (the config, naming the backbone it was made
-for) and ``model.safetensors`` (the weights). No pickle.
+for) and ``model.safetensors`` (the weights). No pickle. An optional ``training.json`` next to them
+records how the projector was made (backbone identity, objective, data, steps) and, once ``aim eval
+--record-into`` has measured them, its fidelity figures. Provenance is kept out of the config and out
+of ``Projector.digest``: recording a measurement never changes a bank fingerprint.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,6 +23,7 @@ from torch import nn
 
 CONFIG_FILE = "projector.json"
 WEIGHTS_FILE = "model.safetensors"
+PROVENANCE_FILE = "training.json"
 FORMAT_VERSION = 1
 
 
@@ -43,6 +49,8 @@ class Projector(nn.Module):
     def __init__(self, config: ProjectorConfig) -> None:
         super().__init__()
         self.config = config
+        # How the checkpoint was made (``training.json``); never part of ``digest``.
+        self.provenance: dict[str, Any] | None = None
         d = config.hidden_size
         self.linear = nn.Linear(d, d)
         with torch.no_grad():
@@ -114,8 +122,43 @@ class Projector(nn.Module):
                 f"projector weights do not match kind {config.kind!r}: "
                 f"missing {missing}, unexpected {unexpected}"
             )
+        projector.provenance = read_provenance(checkpoint)
         return projector.eval()
 
     @classmethod
     def identity(cls, *, backbone: str, hidden_size: int, layer: int = -1, kind: str = "linear") -> Projector:
         return cls(ProjectorConfig(kind=kind, hidden_size=hidden_size, layer=layer, backbone=backbone)).eval()
+
+
+# -- provenance (training.json): how a checkpoint was made and what it measured ----------------------
+def read_provenance(checkpoint: Path) -> dict[str, Any] | None:
+    """The checkpoint's ``training.json``, or None when it has none (or an unreadable one)."""
+    path = Path(checkpoint) / PROVENANCE_FILE
+    try:
+        value = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def write_provenance(checkpoint: Path, provenance: dict[str, Any]) -> Path:
+    """Write ``training.json`` atomically (a reader never sees half a file)."""
+    path = Path(checkpoint) / PROVENANCE_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(provenance, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def record_fidelity(checkpoint: Path, key: str, figures: dict[str, Any]) -> Path:
+    """Merge ``figures`` under ``fidelity[key]`` of the checkpoint's ``training.json`` (created if absent).
+
+    ``key`` names what was measured (benchmark and seed), so measurements on several tasks coexist and a
+    re-run replaces its own entry. The weights and ``projector.json`` are not touched.
+    """
+    checkpoint = Path(checkpoint)
+    if not (checkpoint / CONFIG_FILE).is_file():
+        raise ProjectorMismatchError(f"{checkpoint} is not a projector checkpoint: no {CONFIG_FILE}")
+    provenance = read_provenance(checkpoint) or {}
+    provenance.setdefault("fidelity", {})[key] = figures
+    return write_provenance(checkpoint, provenance)

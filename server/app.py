@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -16,7 +17,7 @@ from bank import DemonstrationBank, fingerprint, open_redis
 from bank.selection import SimilarityIndex
 from projector.backbone import Backbone, load_backbone
 from projector.encoder import AimEncoder
-from projector.models import SHIPPED_PROJECTORS
+from projector.models import SHIPPED_PROJECTORS, is_tiny
 from projector.projector import Projector
 from server.auth import ApiKeys, get_tenant
 from server.body_limit import BodySizeLimit
@@ -39,8 +40,45 @@ from server.state import AppState
 log = logging.getLogger(__name__)
 
 
+# AIM_PROJECTOR=identity: the explicit opt-in to the untrained projector on a model that is not tiny.
+IDENTITY_PROJECTOR = "identity"
+
+
+class ProjectorRequiredError(ValueError):
+    """The model has no trained projector and the identity projector was not asked for explicitly."""
+
+
+def choose_projector(settings: Settings) -> Path | None:
+    """The projector checkpoint to serve; None means the identity projector.
+
+    AIM_PROJECTOR wins (``identity`` is the explicit opt-in); else the projector shipped for a built-in
+    model; else the identity projector, but only on the tiny test model. Anywhere else the identity
+    projector feeds last-layer hidden states back as input embeddings, which was measured harmful
+    (easy-VQA on aim-mini: 0.00 at k >= 4; binding: 0 % demonstration labels), so serving it silently is
+    refused. Cheap (no weights load): ``aim serve`` calls it before starting anything.
+    """
+    if settings.projector is not None:
+        if str(settings.projector) == IDENTITY_PROJECTOR:
+            return None
+        return Path(settings.projector)
+    shipped = SHIPPED_PROJECTORS.get(settings.model)
+    if shipped is not None:
+        return shipped
+    if is_tiny(settings.model):
+        return None
+    raise ProjectorRequiredError(
+        f"model {settings.model!r} has no trained AIM projector. Without one, fused tokens are the "
+        "backbone's last-layer hidden states fed back as input embeddings (the identity projector), which "
+        "the decoder reads as noise. Train one for this model with `aim train --model "
+        f"{settings.model} --data generic:2000 --objective both --out runs/projector` and start with "
+        "AIM_PROJECTOR=runs/projector (deploy/README.md has the recipe), or opt in to the untrained "
+        f"projector explicitly with AIM_PROJECTOR={IDENTITY_PROJECTOR}."
+    )
+
+
 def load_encoder(settings: Settings) -> AimEncoder:
     """The frozen backbone and the projector, checked against each other."""
+    checkpoint = choose_projector(settings)  # refuses before any weights load
     dtype = resolve_dtype(settings)
     backbone: Backbone = load_backbone(
         resolve_model(settings),
@@ -52,9 +90,14 @@ def load_encoder(settings: Settings) -> AimEncoder:
             "text_query": settings.text_query_template,
         },
     )
-    checkpoint = settings.projector or SHIPPED_PROJECTORS.get(settings.model)
     if checkpoint is not None:
         projector = Projector.load(checkpoint, backbone=backbone.name, hidden_size=backbone.hidden_size)
+        trained_on = (projector.provenance or {}).get("backbone")
+        if isinstance(trained_on, dict) and trained_on.get("config_sha256") not in (
+            None,
+            backbone.identity()["config_sha256"],
+        ):
+            log.warning("projector %s was trained on another configuration of %s", checkpoint, backbone.name)
     else:
         projector = Projector.identity(
             backbone=backbone.name,
@@ -63,6 +106,20 @@ def load_encoder(settings: Settings) -> AimEncoder:
             kind=settings.projector_kind,
         )
     return AimEncoder(backbone, projector, dtype=dtype)
+
+
+def projector_description(settings: Settings, encoder: AimEncoder) -> dict:
+    """What ``GET /ready`` says about the projector: where it came from and how it was trained."""
+    checkpoint = choose_projector(settings)
+    projector = encoder.projector
+    return {
+        "checkpoint": str(checkpoint) if checkpoint is not None else IDENTITY_PROJECTOR,
+        "trained": checkpoint is not None,
+        "kind": projector.config.kind,
+        "layer": projector.config.layer,
+        "digest": projector.digest()[:16],
+        "provenance": projector.provenance,  # training.json: objective, data, steps, fidelity; None if absent
+    }
 
 
 def bank_fingerprint(encoder: AimEncoder) -> str:
@@ -116,6 +173,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                     max_model_len=engine.max_model_len,
                     created=int(time.time()),
                 ),
+                projector=projector_description(settings, encoder),
             )
             log.info(
                 "ready: model %s, engine %s, bank %s (fingerprint %s)",

@@ -52,11 +52,13 @@ def serve(argv: list[str]) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from server.app import ProjectorRequiredError, choose_projector
     from server.auth import ApiKeyConfigError
 
     try:
+        choose_projector(settings)  # before anything loads: no trained projector is refused at once
         app = create_app(settings)
-    except ApiKeyConfigError as exc:
+    except (ApiKeyConfigError, ProjectorRequiredError) as exc:
         print(f"aim serve: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)

@@ -46,7 +46,9 @@ class Settings(BaseSettings):
     )
     model_revision: str | None = Field(None, description="hub revision of the model")
     projector: Path | None = Field(
-        None, description="projector checkpoint dir; none: the shipped one for aim-mini, else identity"
+        None,
+        description="projector checkpoint dir (from `aim train`), or 'identity' to opt in to the untrained "
+        "projector; none: the shipped one for aim-mini, the identity for tiny, else start-up is refused",
     )
     projector_kind: Literal["linear", "mlp"] = Field("linear", description="kind of the identity projector")
     layer: int = Field(-1, description="hidden-state layer read by the identity projector")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bank import DemonstrationBank, RedisConnection
 from projector.encoder import AimEncoder
@@ -26,3 +26,4 @@ class AppState:
     generate: GenerateService
     fingerprint: str
     model: ModelIdentity  # what /v1/models lists and chat requests may name
+    projector: dict = field(default_factory=dict)  # GET /ready: checkpoint, kind, layer, provenance

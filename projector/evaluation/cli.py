@@ -1,6 +1,7 @@
 """``aim eval``: the command line mapped onto ``EvalConfig``, then ``run``; prints the results table.
 
 aim eval --model DIR --projector CKPT --benchmark easy-vqa --n-test 200 --out runs/eval
+aim eval --model DIR --projector CKPT --benchmark binding --n-test 100 --out runs/bind --record-into CKPT
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from projector.evaluation.config import BENCHMARKS, SETTINGS, EvalConfig, Evalua
 from projector.training.config import DEFAULT_MODEL_CACHE
 
 DESCRIPTION = (
-    "Few-shot evaluation: zero-shot, raw multimodal ICL, AIM (trained / untrained projector) (``aim eval``)."
+    "Few-shot evaluation and fidelity to raw multimodal ICL: zero-shot, raw ICL, AIM (trained / identity "
+    "projector) (``aim eval``)."
 )
 
 
@@ -38,7 +40,7 @@ def parse_args(argv: list[str] | None) -> EvalConfig:
     )
     p.add_argument("--shots", default="0,1,2,4,8")
     p.add_argument("--settings", default=",".join(SETTINGS))
-    p.add_argument("--max-new-tokens", type=int, default=6)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's own")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--device", default=None)
@@ -50,6 +52,14 @@ def parse_args(argv: list[str] | None) -> EvalConfig:
     )
     p.add_argument("--model-cache", type=Path, default=DEFAULT_MODEL_CACHE)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--record-into",
+        type=Path,
+        default=None,
+        metavar="CKPT",
+        help="add this run's fidelity figures to CKPT's training.json (CKPT: --projector or an --also path); "
+        "GET /ready shows them",
+    )
     return EvalConfig(**vars(p.parse_args(argv)))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from projector.training.config import DEFAULT_MODEL_CACHE
 
 SETTINGS = ("zero-shot", "raw-icl", "aim", "aim-identity")
-BENCHMARKS = ("easy-vqa",)
+BENCHMARKS = ("binding", "easy-vqa", "description")  # projector.evaluation.tasks.TASKS
 
 
 class EvaluationError(ValueError):
@@ -28,19 +28,26 @@ class EvalConfig:
     pool: int = 64  # training-split questions the demonstrations come from
     shots: str = "0,1,2,4,8"
     settings: str = ",".join(SETTINGS)
-    max_new_tokens: int = 6
+    max_new_tokens: int | None = None  # none: the task's own (binding 4, easy-vqa 6, description 24)
     seed: int = 0
     device: str | None = None
     threads: int | None = None
     plain_templates: bool = False  # '<image>\n{text}' instead of the model's own templates
     model_cache: Path = field(default_factory=lambda: DEFAULT_MODEL_CACHE)
     quiet: bool = False
+    record_into: Path | None = None  # write the fidelity figures into this checkpoint's training.json
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         self.model_cache = Path(self.model_cache)
         if self.projector is not None:
             self.projector = Path(self.projector)
+        if self.record_into is not None:
+            self.record_into = Path(self.record_into)
+            if "raw-icl" not in self.setting_names:
+                raise EvaluationError(
+                    "--record-into needs the raw-icl setting (the teacher fidelity is measured against)"
+                )
         if self.benchmark not in BENCHMARKS:
             raise EvaluationError(
                 f"unknown benchmark {self.benchmark!r} (available: {', '.join(BENCHMARKS)})"

@@ -1,7 +1,9 @@
-"""The metric ``aim eval`` scores answers with: normalised exact match (SQuAD-style)."""
+"""What ``aim eval`` scores with: normalised exact match and unigram F1 (SQuAD-style), the label-copy
+rate, and the exact sign test for paired comparisons."""
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections.abc import Sequence
@@ -22,3 +24,40 @@ def exact_match(prediction: str, references: str | Sequence[str]) -> float:
     refs = [references] if isinstance(references, str) else list(references)
     pred = normalize_answer(prediction)
     return float(any(pred == normalize_answer(r) for r in refs))
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Unigram F1 of the normalised words (SQuAD's F1): partial credit for a partly right description."""
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum(min(pred.count(w), ref.count(w)) for w in set(pred))
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def is_label_copy(prediction: str, labels: Sequence[str]) -> bool:
+    """The answer is one of the demonstrations' labels (after normalisation)."""
+    pred = normalize_answer(prediction)
+    return any(pred == normalize_answer(label) for label in labels)
+
+
+def sign_test(a_only: int, b_only: int) -> float:
+    """Exact two-sided sign test on the discordant pairs (McNemar's exact test for paired 0/1 outcomes):
+    the chance of a split at least this lopsided if either side were equally likely to win a pair."""
+    n = a_only + b_only
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(a_only, b_only) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired(a: Sequence[float], b: Sequence[float]) -> tuple[int, int, float]:
+    """(items where a scored higher, items where b did, sign-test p) for per-item scores of one item set."""
+    if len(a) != len(b):
+        raise ValueError(f"paired scores of different lengths: {len(a)} and {len(b)}")
+    a_only = sum(x > y for x, y in zip(a, b, strict=True))
+    b_only = sum(y > x for x, y in zip(a, b, strict=True))
+    return a_only, b_only, sign_test(a_only, b_only)

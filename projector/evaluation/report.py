@@ -1,4 +1,9 @@
-"""An evaluation summary as a markdown table (``results.md``) and a plot (``results.png``)."""
+"""An evaluation summary as markdown tables (``results.md``) and a plot (``results.png``).
+
+The first table is per (setting, k): task accuracy, then fidelity to raw multimodal ICL (answer
+agreement, first-token top-1 agreement, KL(raw ‖ setting)), the label-copy rate, prompt tokens and
+latency. The second lists the paired sign tests.
+"""
 
 from __future__ import annotations
 
@@ -10,23 +15,55 @@ LABELS = {
     "aim": "AIM (trained projector)",
     "aim-identity": "AIM (identity projector)",
 }
+MEASURES = {"score": "task score", "agreement": "agreement with raw ICL", "label_copy": "label copying"}
+
+
+def label(setting: str) -> str:
+    return LABELS.get(setting, f"AIM ({setting[4:]})")
+
+
+def _f(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _p(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def markdown_table(summary: dict) -> str:
     types = sorted({t for r in summary["results"] for t in r["by_type"]})
-    head = ["setting", "k", "accuracy", *[f"acc. {t}" for t in types], "prompt tokens", "latency (ms)"]
+    by_type = types if 1 < len(types) <= 6 else []
+    head = ["setting", "k", "accuracy", *[f"acc. {t}" for t in by_type], "agreement", "first token", "KL",
+            "label copy", "prompt tokens", "latency (ms)"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for r in summary["results"]:
-        cells = [LABELS.get(r["setting"], f"AIM ({r['setting'][4:]})"), str(r["k"]), f"{r['accuracy']:.3f}",
-                 *[f"{r['by_type'].get(t, float('nan')):.3f}" for t in types],
-                 f"{r['prompt_tokens']:.1f}", f"{r['latency_ms']:.0f}"]  # fmt: skip
+        cells = [label(r["setting"]), str(r["k"]), _f(r["accuracy"]),
+                 *[_f(r["by_type"].get(t)) for t in by_type],
+                 _f(r.get("agreement")), _f(r.get("first_token_agreement")), _f(r.get("kl")),
+                 _f(r.get("label_copy_rate")), f"{r['prompt_tokens']:.1f}", f"{r['latency_ms']:.0f}"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
-    note = (
-        f"\n{summary['benchmark']} test, {summary['n_test']} questions (seed {summary['seed']}), demonstrations "
-        f"from a pool of {summary['pool']} training questions; backbone `{summary['backbone']}` on "
-        f"{summary['device']}; normalised exact match on the first generated line; majority answer "
-        f"'{summary['majority_answer']}' scores {summary['majority_accuracy']:.3f}.\n"
+    task = summary.get("task", {})
+    scoring = "unigram F1" if task.get("scoring") == "overlap" else "normalised exact match"
+    chance = (
+        f" Chance (guessing among the demonstrated labels): {task['chance']:.3f}."
+        if task.get("chance")
+        else ""
     )
+    note = (
+        f"\n{summary['benchmark']}, {summary['n_test']} items (seed {summary['seed']}); backbone "
+        f"`{summary['backbone']}` on {summary['device']}; accuracy: {scoring} on the first generated line; "
+        f"the most common reference '{summary['majority_answer']}' scores {summary['majority_accuracy']:.3f}."
+        f"{chance} Agreement: the answer equals raw ICL's (normalised); first token: top-1 agreement at the "
+        "answer's first token; KL: mean KL(raw ‖ setting) in nats over raw ICL's greedy answer tokens, "
+        "teacher-forced; label copy: the answer is one of the shown demonstrations' labels.\n"
+    )
+    tests = summary.get("significance") or []
+    if tests:
+        note += "\n| k | setting | against | measure | setting only | other only | p (sign test) |\n"
+        note += "|---|---|---|---|---|---|---|\n"
+        for t in tests:
+            note += (f"| {t['k']} | {label(t['a'])} | {label(t['b'])} | {MEASURES.get(t['measure'], t['measure'])} "
+                     f"| {t['a_only']} | {t['b_only']} | {_p(t['p'])} |\n")  # fmt: skip
     return "\n".join(lines) + "\n" + note
 
 
@@ -37,34 +74,34 @@ def plot(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = summary["results"]
-    zero = next((r for r in rows if r["setting"] == "zero-shot"), None)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for setting in dict.fromkeys(r["setting"] for r in rows if r["setting"] != "zero-shot"):
-        pts = sorted((r["k"], r["accuracy"], r["prompt_tokens"]) for r in rows if r["setting"] == setting)
-        if not pts:
-            continue
-        if zero is not None:
-            pts = [(0, zero["accuracy"], zero["prompt_tokens"]), *pts]
-        ks, acc, tok = zip(*pts, strict=True)
-        label = LABELS.get(setting, f"AIM ({setting[4:]})")
-        ax1.plot(ks, acc, marker="o", label=label)
-        ax2.plot(ks, tok, marker="o", label=label)
-    if zero is not None:
-        ax1.axhline(zero["accuracy"], color="gray", linestyle="--", label="zero-shot")
-    ax1.axhline(summary["majority_accuracy"], color="lightgray", linestyle=":", label="majority answer")
-    ax1.set_xlabel("demonstrations (k)")
-    ax1.set_ylabel("accuracy (normalised exact match)")
-    ax1.set_title(f"{summary['benchmark']} ({summary['n_test']} test questions)")
-    top = max([summary["majority_accuracy"], *[r["accuracy"] for r in rows]])
-    ax1.set_ylim(-0.02, min(1.05, top + 0.25))
-    ax1.legend(fontsize=8, loc="upper left", ncol=2)
-    ax2.set_xlabel("demonstrations (k)")
-    ax2.set_ylabel("mean prompt tokens")
-    ax2.set_title(f"prompt length, backbone {summary['backbone']}")
-    ax2.legend(fontsize=8)
-    for ax in (ax1, ax2):
+    classification = summary.get("task", {}).get("classification", False)
+    panels = [("accuracy", "accuracy"), ("agreement", "agreement with raw ICL"),
+              ("label_copy_rate" if classification else "kl",
+               "label-copy rate" if classification else "KL(raw ‖ setting), nats"),
+              ("prompt_tokens", "mean prompt tokens")]  # fmt: skip
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    for setting in settings:
+        for ax, (key, _) in zip(axes, panels, strict=True):
+            pts = sorted((r["k"], r[key]) for r in rows if r["setting"] == setting and r.get(key) is not None)
+            if pts:
+                ks, values = zip(*pts, strict=True)
+                style = "--" if setting == "zero-shot" else "-"
+                ax.plot(ks, values, style, marker="o", label=label(setting))
+    chance = summary.get("task", {}).get("chance")
+    if chance:
+        axes[0].axhline(chance, color="lightgray", linestyle=":", label="chance")
+    for ax, (_, title) in zip(axes, panels, strict=True):
+        ax.set_xlabel("demonstrations (k)")
+        ax.set_title(title)
         ax.set_xticks(summary["shots"])
         ax.grid(alpha=0.3)
+    for ax in axes[:2]:
+        ax.set_ylim(-0.02, 1.05)
+    if classification:
+        axes[2].set_ylim(-0.02, 1.05)
+    axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle(f"{summary['benchmark']}: {summary['n_test']} items, backbone {summary['backbone']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)

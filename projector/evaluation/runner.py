@@ -1,36 +1,41 @@
-"""Few-shot evaluation: zero-shot, raw multimodal ICL, AIM (trained / untrained projector) (``aim eval``).
+"""Few-shot evaluation and fidelity: zero-shot, raw multimodal ICL, AIM (trained / identity) (``aim eval``).
 
-For each k in ``--shots`` and each setting, every test question gets the same k demonstrations
-(drawn per question, with a fixed seed, from a pool of training-split examples; the k-shot set is a
-prefix of the (k+1)-shot one), and the model answers greedily with transformers'
-``generate(inputs_embeds=...)`` (no HTTP server):
+For each k in ``--shots`` and each setting, every test item gets the same k demonstrations (its
+task's first k: the k-shot set is a prefix of the (k+1)-shot one; ``projector.evaluation.tasks``),
+and the model answers greedily with transformers' ``generate(inputs_embeds=...)`` (no HTTP server):
 
-- ``zero-shot``: ``[query prefix] + [query body]`` (k does not apply; reported once, at k = 0);
+- ``zero-shot``: ``[query prefix] + [query body]``; the same answer at every k, reported at every k so
+  its fidelity and label-copy rate are a baseline (what ignoring the demonstrations gives);
 - ``raw-icl``: the ordinary multimodal few-shot prompt: every demonstration with its own image,
-  then the query, embedded by the model's own forward (``Backbone.raw_prompt_embeds``);
+  then the query, embedded by the model's own forward (``Backbone.raw_prompt_embeds``): the teacher;
 - ``aim``: ``[query prefix] + fused tokens of each demonstration + [query body]`` with the trained
-  projector (``--projector``);
+  projector (``--projector``); ``aim:NAME`` the same with ``--also NAME=CKPT``;
 - ``aim-identity``: the same with the untrained, identity-initialised projector.
 
-Fused tokens depend only on (backbone, projector, demonstration), so, as in the server's bank,
-they are computed once per pool item before timing; a setting's latency is the per-question time
-to build its prompt embeddings (query embedding; for raw ICL the whole interleaved prompt,
-demonstration images included) plus generation. AIM prompts are built exactly as the server builds
-them: fused tokens and query embeddings from ``projector.encoder.AimEncoder`` (in the backbone's
-dtype), laid out by ``projector.prompt.assemble_prompt`` (``aim_prompt`` below). Reports accuracy
-(normalised exact match), mean prompt tokens and mean latency per (setting, k) as ``results.json``,
-``results.md`` and ``results.png`` in ``--out`` (``projector.evaluation.report``).
+Per (setting, k): task accuracy (normalised exact match, or unigram F1 for open-ended tasks), and,
+against raw ICL at the same k (``projector.evaluation.fidelity``): answer agreement (normalised exact
+match with raw ICL's answer), first-answer-token top-1 agreement and mean KL(raw ‖ setting) over the
+answer tokens, teacher-forced on raw ICL's own greedy answer; the label-copy rate (the answer is one
+of the shown demonstrations' labels) for closed tasks; mean prompt tokens and latency. Paired sign
+tests compare settings item by item. Fused tokens depend only on (backbone, projector,
+demonstration), so, as in the server's bank, they are computed once per demonstration before timing;
+a setting's latency is the per-item time to build its prompt embeddings (for raw ICL the whole
+interleaved prompt, demonstration images included) plus generation. AIM prompts are built exactly as
+the server builds them: fused tokens and query embeddings from ``projector.encoder.AimEncoder`` (in
+the backbone's dtype), laid out by ``projector.prompt.assemble_prompt`` (``aim_prompt`` below).
+Writes ``results.json``, ``results.md``, ``results.png`` and ``predictions.jsonl`` to ``--out``
+(``projector.evaluation.report``); ``--record-into CKPT`` adds the fidelity figures to the checkpoint's
+``training.json``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import random
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -38,40 +43,25 @@ from PIL import Image
 
 from projector.backbone import Backbone, load_backbone
 from projector.encoder import AimEncoder
-from projector.evaluation.config import EvalConfig
-from projector.evaluation.metrics import exact_match
+from projector.evaluation.config import EvalConfig, EvaluationError
+from projector.evaluation.fidelity import answer_logits, first_token_agrees, kl_divergence
+from projector.evaluation.metrics import exact_match, is_label_copy, normalize_answer, paired, token_f1
 from projector.evaluation.report import markdown_table, plot
+from projector.evaluation.tasks import TASKS, EvalItem, check_split
 from projector.models import resolve_model
-from projector.projector import Projector
+from projector.projector import Projector, record_fidelity
 from projector.prompt import assemble_prompt
 from projector.templates import Templates
-from projector.training.episodes import demo_text, first_line, load_image
+from projector.training.episodes import Pair, first_line, load_image
 
 log = logging.getLogger("aim.eval")
 
 
 @dataclass(frozen=True)
-class Item:
-    image: Path
-    prompt: str  # the query text, which the answer follows
-    answer: str
-    qtype: str
-    key: str
-
-
-def _question_prompt(question: str) -> str:
-    question = question.strip()
-    return f"Question: {question[:1].upper()}{question[1:]} Answer:"
-
-
-def load_benchmark(name: str, split: str) -> list[Item]:
-    """A benchmark split as items (``EvalConfig`` has already checked ``name``)."""
-    from projector.models.aim_mini.data import load_questions
-
-    return [
-        Item(q.image, _question_prompt(q.question), q.answer, q.qtype, f"{split}/{i}")
-        for i, q in enumerate(load_questions(split))
-    ]
+class Generation:
+    text: str
+    answer_ids: torch.Tensor  # the generated tokens, the stop token included when one was generated
+    logits: torch.Tensor  # [T, vocab] float32: the distributions each answer token was chosen from
 
 
 def newline_token_ids(tokenizer) -> list[int]:
@@ -105,15 +95,17 @@ class Evaluator:
         self.pad_id = backbone.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = backbone.eos_token_ids[0]
-        self._images: dict[Path, object] = {}
+        self._images: dict[str, Image.Image] = {}
 
-    def image(self, path: Path) -> Image.Image:
-        if path not in self._images:
-            self._images[path] = load_image(path)
-        return self._images[path]
+    def image(self, source: Path | Pair) -> Image.Image:
+        """A demonstration's or query's image, decoded once per run."""
+        key = source.key if isinstance(source, Pair) else str(source)
+        if key not in self._images:
+            self._images[key] = source.load() if isinstance(source, Pair) else load_image(source)
+        return self._images[key]
 
     @torch.inference_mode()
-    def generate(self, embeds: torch.Tensor) -> str:
+    def generate(self, embeds: torch.Tensor) -> Generation:
         model = self.backbone.model
         embeds = embeds.to(model.device, model.dtype)[None]
         out = model.generate(
@@ -128,14 +120,87 @@ class Evaluator:
             # An answer must start with a word: a newline or EOS first would end it empty.
             begin_suppress_tokens=self.stop_ids,
             pad_token_id=self.pad_id,
+            return_dict_in_generate=True,
+            output_logits=True,
         )
-        return self.backbone.tokenizer.decode(out[0], skip_special_tokens=True)
+        ids = out.sequences[0, -len(out.logits) :].cpu()
+        logits = torch.stack([step[0] for step in out.logits]).float().cpu()
+        return Generation(self.backbone.tokenizer.decode(ids, skip_special_tokens=True), ids, logits)
+
+
+# -- one run --------------------------------------------------------------------------------------
+AIM_BASELINES = ("raw-icl", "zero-shot", "aim-identity")  # what each AIM setting is tested against
+
+
+def _score(task_scoring: str, prediction: str, reference: str) -> float:
+    return (
+        token_f1(prediction, reference) if task_scoring == "overlap" else exact_match(prediction, reference)
+    )
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else None
+
+
+def significance(
+    records: list[dict], settings: Sequence[str], shots: Sequence[int], classification: bool
+) -> list[dict]:
+    """Paired sign tests, per k, of each AIM setting against raw ICL, zero-shot and the identity projector:
+    on per-item task score, on agreement with raw ICL and (closed tasks) on label copying."""
+    by = {(r["setting"], r["k"]): r for r in records}
+    measures = ["score", "agreement"] + (["label_copy"] if classification else [])
+    tests = []
+    for k in shots:
+        if k == 0:
+            continue
+        for a in settings:
+            if not a.startswith("aim") or (a, k) not in by:
+                continue
+            for b in AIM_BASELINES:
+                if b == a or (b, k) not in by:
+                    continue
+                for measure in measures:
+                    if b == "raw-icl" and measure == "agreement":
+                        continue  # raw ICL agrees with itself
+                    x, y = by[(a, k)][measure], by[(b, k)][measure]
+                    a_only, b_only, p = paired([float(v) for v in x], [float(v) for v in y])
+                    tests.append({"k": k, "a": a, "b": b, "measure": measure, "a_only": a_only,
+                                  "b_only": b_only, "p": p})  # fmt: skip
+    return tests
+
+
+def fidelity_figures(summary: dict, setting: str) -> dict:
+    """What ``--record-into`` writes for one setting: per k, its fidelity and accuracy beside raw ICL's."""
+    rows = {(r["setting"], r["k"]): r for r in summary["results"]}
+    per_k = {}
+    for k in summary["shots"]:
+        row = rows.get((setting, k))
+        if row is None or k == 0:
+            continue
+        raw = rows.get(("raw-icl", k), {})
+        per_k[str(k)] = {name: row.get(name) for name in
+                         ("accuracy", "agreement", "first_token_agreement", "kl", "label_copy_rate")}  # fmt: skip
+        per_k[str(k)]["raw_icl_accuracy"] = raw.get("accuracy")
+        per_k[str(k)]["raw_icl_label_copy_rate"] = raw.get("label_copy_rate")
+    return {
+        "benchmark": summary["benchmark"],
+        "backbone": summary["backbone"],
+        "n": summary["n_test"],
+        "seed": summary["seed"],
+        "setting": setting,
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "by_k": per_k,
+    }
 
 
 def run(config: EvalConfig) -> dict:
     """Evaluate every (setting, k) as configured; writes the results to ``config.out`` and returns them."""
+    check_split()  # evaluation tasks share no template, frame or label with training
     if config.threads:
         torch.set_num_threads(config.threads)
+    task = TASKS[config.benchmark]
+    max_new_tokens = config.max_new_tokens or task.max_new_tokens
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     templates = Templates() if config.plain_templates else None  # None: the model's own (aim_recipe.json)
     backbone = load_backbone(
@@ -144,10 +209,12 @@ def run(config: EvalConfig) -> dict:
     settings = config.setting_names
     shots = config.shot_counts
     projectors: dict[str, Projector] = {}
+    checkpoints: dict[str, Path] = {}
     if "aim" in settings:
         projectors["aim"] = Projector.load(
             config.projector, backbone=backbone.name, hidden_size=backbone.hidden_size
         )
+        checkpoints["aim"] = Path(config.projector)
     identity = Projector.identity(
         backbone=backbone.name,
         hidden_size=backbone.hidden_size,
@@ -160,57 +227,66 @@ def run(config: EvalConfig) -> dict:
         projectors[f"aim:{name}"] = Projector.load(
             Path(path), backbone=backbone.name, hidden_size=backbone.hidden_size
         )
+        checkpoints[f"aim:{name}"] = Path(path)
         settings.append(f"aim:{name}")
+    record_setting = None
+    if config.record_into is not None:
+        matches = [s for s, p in checkpoints.items() if p.resolve() == Path(config.record_into).resolve()]
+        if not matches:
+            raise EvaluationError(
+                f"--record-into {config.record_into}: not a checkpoint this run evaluates "
+                "(pass it as --projector or --also NAME=CKPT)"
+            )
+        record_setting = matches[0]
     # One encoder per projector, in the backbone's dtype: the server's read path, nothing else.
     encoders = {name: AimEncoder(backbone, p, dtype=backbone.dtype) for name, p in projectors.items()}
     query_encoder = AimEncoder(backbone, identity, dtype=backbone.dtype)  # queries do not use the projector
 
-    rng = random.Random(config.seed)
-    test_all = load_benchmark(config.benchmark, "test")
-    train_all = load_benchmark(config.benchmark, "train")
-    tests = rng.sample(test_all, min(config.n_test, len(test_all)))
-    pool = rng.sample(train_all, min(config.pool, len(train_all)))
     max_k = max(shots)
-    demo_idx = [
-        random.Random(config.seed * 100_003 + i).sample(range(len(pool)), max_k) for i in range(len(tests))
-    ]
-    ev = Evaluator(backbone, max_new_tokens=config.max_new_tokens)
+    items: list[EvalItem] = task.build(config.n_test, max_k, config.seed, config.pool)
+    ev = Evaluator(backbone, max_new_tokens=max_new_tokens)
 
-    # Fused tokens per pool item and projector: the bank's job, done before anything is timed.
-    fused: dict[str, list[torch.Tensor]] = {}
+    # Fused tokens per distinct demonstration and projector: the bank's job, done before anything is timed.
+    fused: dict[str, dict[str, torch.Tensor]] = {name: {} for name in encoders}
     encode_seconds: dict[str, float] = {}
-    if max_k > 0:
-        pool_pairs = [(ev.image(item.image), demo_text(item.prompt, item.answer)) for item in pool]
-        for name, encoder in encoders.items():
-            t0 = time.perf_counter()
-            fused[name] = encode_pool(encoder, pool_pairs)
-            encode_seconds[name] = time.perf_counter() - t0
-            log.info(
-                "%s: fused tokens for %d pool demonstrations in %.1f s", name, len(pool), encode_seconds[name]
-            )
+    distinct = {d.key: d for item in items for d in item.demonstrations[:max_k]}
+    for name, encoder in encoders.items():
+        t0 = time.perf_counter()
+        for key, demo in distinct.items():
+            fused[name][key] = encoder.encode_demonstration(ev.image(demo), demo.text).fused_tokens
+        encode_seconds[name] = time.perf_counter() - t0
+        log.info(
+            "%s: fused tokens for %d demonstrations in %.1f s", name, len(distinct), encode_seconds[name]
+        )
 
-    answers = [t.answer for t in tests]
+    answers = [item.answer for item in items]
     majority = max(set(answers), key=answers.count)
     out: Path = config.out
     out.mkdir(parents=True, exist_ok=True)
     summary: dict = {}
+    results: list[dict] = []
+    predictions: list[dict] = []
+    records: list[dict] = []  # per (setting, k): per-item lists, for the paired tests
 
     def write(partial: bool) -> None:
         summary.update({
             "benchmark": config.benchmark,
+            "task": {"scoring": task.scoring, "classification": task.classification, "chance": task.chance},
             "backbone": backbone.name,
             "projector": str(config.projector) if config.projector else None,
             "device": str(backbone.device),
-            "n_test": len(tests),
-            "pool": len(pool),
+            "n_test": len(items),
+            "pool": config.pool,
             "seed": config.seed,
             "shots": shots,
-            "max_new_tokens": config.max_new_tokens,
+            "settings": settings,
+            "max_new_tokens": max_new_tokens,
             "majority_answer": majority,
             "majority_accuracy": answers.count(majority) / len(answers),
-            "fused_encode_seconds_per_demo": {k: v / max(1, len(pool)) for k, v in encode_seconds.items()},
+            "fused_encode_seconds_per_demo": {k: v / max(1, len(distinct)) for k, v in encode_seconds.items()},
             "partial": partial,
             "results": results,
+            "significance": significance(records, settings, shots, task.classification),
         })  # fmt: skip
         (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
         with (out / "predictions.jsonl").open("w") as f:
@@ -220,50 +296,90 @@ def run(config: EvalConfig) -> dict:
 
     from tqdm import tqdm
 
-    runs = [("zero-shot", 0)] if "zero-shot" in settings or 0 in shots else []
-    runs += [(s, k) for k in shots if k > 0 for s in settings if s != "zero-shot"]
-    results, predictions = [], []
-    for setting, k in runs:
-        correct, tokens, seconds = [], [], []
-        by_type: dict[str, list[float]] = defaultdict(list)
-        for i, item in enumerate(tqdm(tests, desc=f"{setting} k={k}", disable=config.quiet, mininterval=5.0)):
-            demos = [pool[j] for j in demo_idx[i][:k]]
-            image = ev.image(item.image)
-            t0 = time.perf_counter()
-            if setting == "zero-shot":
-                embeds = aim_prompt(query_encoder, image, item.prompt, [])
-            elif setting == "raw-icl":
-                q = backbone.raw_prompt_embeds(
-                    [(ev.image(d.image), demo_text(d.prompt, d.answer)) for d in demos], image, item.prompt
-                )
-                embeds = assemble_prompt(q, [])
-            else:
-                embeds = aim_prompt(
-                    encoders[setting], image, item.prompt, [fused[setting][j] for j in demo_idx[i][:k]]
-                )
-            text = ev.generate(embeds)
-            seconds.append(time.perf_counter() - t0)
-            pred = first_line(text)
-            score = exact_match(pred, item.answer)
-            correct.append(score)
-            by_type[item.qtype].append(score)
-            tokens.append(int(embeds.shape[0]))
-            predictions.append({"setting": setting, "k": k, "question": item.prompt, "answer": item.answer,
-                                "prediction": pred, "raw": text, "correct": score})  # fmt: skip
-        row = {
-            "setting": setting,
-            "k": k,
-            "n": len(tests),
-            "accuracy": sum(correct) / len(correct),
-            "prompt_tokens": sum(tokens) / len(tokens),
-            "latency_ms": 1000 * sum(seconds) / len(seconds),
-            "by_type": {t: sum(v) / len(v) for t, v in sorted(by_type.items())},
-        }
-        results.append(row)
-        write(partial=True)
-        log.info("%s k=%d: accuracy %.3f, %.0f prompt tokens, %.0f ms", setting, k, row["accuracy"],
-                 row["prompt_tokens"], row["latency_ms"])  # fmt: skip
+    def prompt_for(setting: str, item: EvalItem, k: int) -> torch.Tensor:
+        image = ev.image(item.query)
+        demos = item.demonstrations[:k]
+        if setting == "zero-shot" or k == 0:
+            return aim_prompt(query_encoder, image, item.query.text, [])
+        if setting == "raw-icl":
+            q = backbone.raw_prompt_embeds([(ev.image(d), d.text) for d in demos], image, item.query.text)
+            return assemble_prompt(q, [])
+        return aim_prompt(encoders[setting], image, item.query.text, [fused[setting][d.key] for d in demos])
+
+    zero_shot: dict[int, tuple[Generation, float, int]] = {}  # item -> its one zero-shot answer
+    others = [s for s in settings if s not in ("zero-shot", "raw-icl")]
+    order = (["raw-icl"] if "raw-icl" in settings else []) + (
+        ["zero-shot"] if "zero-shot" in settings else []
+    )
+    for k in shots:
+        teacher: dict[int, Generation] = {}
+        for setting in (order + others) if k > 0 else ["zero-shot"]:
+            rec = {"setting": setting, "k": k, "score": [], "agreement": [], "first_token": [], "kl": [],
+                   "label_copy": [], "tokens": [], "seconds": []}  # fmt: skip
+            by_type: dict[str, list[float]] = {}
+            desc = f"{setting} k={k}"
+            for i, item in enumerate(tqdm(items, desc=desc, disable=config.quiet, mininterval=5.0)):
+                if setting == "zero-shot" and i in zero_shot:
+                    gen, seconds, n_tokens = zero_shot[i]
+                    embeds = None
+                else:
+                    t0 = time.perf_counter()
+                    embeds = prompt_for(setting, item, k)
+                    gen = ev.generate(embeds)
+                    seconds, n_tokens = time.perf_counter() - t0, int(embeds.shape[0])
+                    if setting == "zero-shot":
+                        zero_shot[i] = (gen, seconds, n_tokens)
+                pred = first_line(gen.text)
+                score = _score(task.scoring, pred, item.answer)
+                agreement = first = kl = None
+                if setting == "raw-icl":
+                    teacher[i] = gen
+                elif i in teacher:  # fidelity against raw ICL at this k, teacher-forced on its answer
+                    t = teacher[i]
+                    agreement = float(normalize_answer(pred) == normalize_answer(first_line(t.text)))
+                    if embeds is None:
+                        embeds = prompt_for(setting, item, k)
+                    student = answer_logits(backbone, embeds, t.answer_ids)
+                    first = float(first_token_agrees(t.logits, student, ev.stop_ids))
+                    kl = kl_divergence(t.logits, student)
+                copy = float(is_label_copy(pred, item.labels[:k])) if task.classification and k > 0 else None
+                for name, value in (("score", score), ("agreement", agreement), ("first_token", first),
+                                    ("kl", kl), ("label_copy", copy), ("tokens", n_tokens),
+                                    ("seconds", seconds)):  # fmt: skip
+                    rec[name].append(value)
+                by_type.setdefault(item.qtype, []).append(score)
+                predictions.append({"setting": setting, "k": k, "question": item.query.text, "answer": item.answer,
+                                    "prediction": pred, "raw": gen.text, "correct": score, "agreement": agreement,
+                                    "label_copy": copy, "kl": kl})  # fmt: skip
+            row = {
+                "setting": setting,
+                "k": k,
+                "n": len(items),
+                "accuracy": _mean(rec["score"]),
+                "agreement": 1.0 if setting == "raw-icl" else _mean(rec["agreement"]),
+                "first_token_agreement": 1.0 if setting == "raw-icl" else _mean(rec["first_token"]),
+                "kl": 0.0 if setting == "raw-icl" else _mean(rec["kl"]),
+                "label_copy_rate": _mean(rec["label_copy"]),
+                "prompt_tokens": _mean(rec["tokens"]),
+                "latency_ms": 1000 * _mean(rec["seconds"]),
+                "by_type": {t: sum(v) / len(v) for t, v in sorted(by_type.items())},
+            }
+            if k == 0:
+                row["agreement"] = row["first_token_agreement"] = row["kl"] = None
+            results.append(row)
+            if setting == "raw-icl":
+                rec["agreement"] = [1.0] * len(items)
+            records.append({**rec, "agreement": [v if v is not None else 0.0 for v in rec["agreement"]],
+                            "label_copy": [v if v is not None else 0.0 for v in rec["label_copy"]]})  # fmt: skip
+            write(partial=True)
+            log.info("%s k=%d: accuracy %.3f, agreement %s, label copy %s, %.0f prompt tokens, %.0f ms",
+                     setting, k, row["accuracy"], row["agreement"], row["label_copy_rate"],
+                     row["prompt_tokens"], row["latency_ms"])  # fmt: skip
 
     write(partial=False)
     plot(summary, out / "results.png")
+    if record_setting is not None:
+        key = f"{config.benchmark}/seed{config.seed}/n{len(items)}"
+        record_fidelity(config.record_into, key, fidelity_figures(summary, record_setting))
+        log.info("fidelity of %s recorded into %s (%s)", record_setting, config.record_into, key)
     return summary

@@ -35,6 +35,23 @@ def resolve_model(model: str, models_dir: Path) -> str:
     return str(build(Path(models_dir))) if build is not None else model
 
 
+def is_tiny(model: str) -> bool:
+    """Whether ``model`` names the tiny random-weight test model (by name, or a directory of a tiny build).
+
+    Reads only the directory's recipe file: callers decide before any weights load.
+    """
+    if model == "tiny":
+        return True
+    from projector.models.tiny import RECIPE_PREFIX
+    from projector.templates import read_recipe
+
+    local = Path(model)
+    if not local.is_dir():
+        return False
+    name = read_recipe(local).get("name")
+    return isinstance(name, str) and name.startswith(RECIPE_PREFIX)
+
+
 def register_model_types() -> None:
     """Register the model classes of the built-in models with transformers' Auto classes (idempotent).
 

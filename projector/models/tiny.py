@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 RECIPE_VERSION = 1
+RECIPE_PREFIX = "tiny-llava-v"  # the recipe name of every tiny build: a random-weight model for tests
 IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
 
@@ -129,7 +130,7 @@ def build_tiny_llava(out_dir: Path, *, seed: int = 0, image_size: int = 64, patc
     processor.save_pretrained(out_dir)
     (out_dir / "aim_recipe.json").write_text(
         json.dumps(
-            {"name": f"tiny-llava-v{RECIPE_VERSION}-seed{seed}", "version": RECIPE_VERSION, "seed": seed},
+            {"name": f"{RECIPE_PREFIX}{RECIPE_VERSION}-seed{seed}", "version": RECIPE_VERSION, "seed": seed},
             indent=2,
         )
     )

@@ -1,6 +1,7 @@
 """``aim train``: the command line mapped onto ``TrainConfig``, then ``train``.
 
 aim train --model DIR --data generic:2000 --out runs/p1 --steps 300
+aim train --model DIR --data generic:2000 --data binding:500 --objective both --reconstruction 0.1 --out runs/p3
 aim train --model DIR --data jsonl:episodes.jsonl --data mmc4:docs.jsonl:images/ --out runs/p2
 """
 
@@ -24,11 +25,24 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
         "--model", required=True, help="backbone: a LLaVA-family directory or hub id, 'tiny', 'aim-mini'"
     )
     p.add_argument("--data", action="append", required=True,
-                   help="generic[:N] | scenes[:N] | jsonl:PATH | mmc4:PATH:IMAGE_DIR | obelics:PATH:IMAGE_DIR "
-                        "(repeatable)")  # fmt: skip
+                   help="generic[:N] | scenes[:N] | binding[:N] | jsonl:PATH | mmc4:PATH:IMAGE_DIR | "
+                        "obelics:PATH:IMAGE_DIR (repeatable)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="output directory (projector checkpoint + state)")
     p.add_argument("--kind", choices=["linear", "mlp"], default="linear")
     p.add_argument("--layer", type=int, default=-1, help="backbone hidden-state layer (default: last)")
+    p.add_argument("--objective", choices=["lm", "kl", "both"], default="lm",
+                   help="lm: cross-entropy on the answer; kl: distil the raw-ICL teacher's next-token "
+                        "distributions over the answer (teacher-forced); both: lm + --kl-weight * kl")  # fmt: skip
+    p.add_argument("--kl-weight", type=float, default=1.0, help="--objective both: weight of the KL term")
+    p.add_argument(
+        "--reconstruction",
+        type=float,
+        default=0.0,
+        metavar="WEIGHT",
+        help="add WEIGHT x the loss of regenerating a demonstration's text from its fused tokens",
+    )
+    p.add_argument("--teacher-top-k", type=int, default=64,
+                   help="teacher log-probs cached per answer token (0: the whole vocabulary)")  # fmt: skip
     p.add_argument("--init", choices=["identity", "lstsq"], default="identity",
                    help="identity (the design's default) or a ridge fit of hidden states to the same tokens' "
                         "input embeddings (linear only)")  # fmt: skip

@@ -18,10 +18,18 @@ class TrainConfig:
     """Every setting of ``aim train``; ``projector.training.cli`` maps the command line onto it."""
 
     model: str  # backbone: a LLaVA-family directory or hub id, 'tiny', 'aim-mini'
-    data: list[str]  # generic[:N] | scenes[:N] | jsonl:PATH | mmc4:PATH:IMAGE_DIR | obelics:PATH:IMAGE_DIR
+    data: list[
+        str
+    ]  # generic[:N] | scenes[:N] | binding[:N] | jsonl:PATH | mmc4:… | obelics:… (see sources.py)
     out: Path  # output directory (projector checkpoint + state)
     kind: Literal["linear", "mlp"] = "linear"
     layer: int = -1  # backbone hidden-state layer (default: last)
+    objective: Literal["lm", "kl", "both"] = (
+        "lm"  # lm: answer cross-entropy; kl: distil raw ICL; both: lm + kl
+    )
+    kl_weight: float = 1.0  # objective both: weight of the KL term
+    reconstruction: float = 0.0  # weight of regenerating a demonstration's text from its fused tokens
+    teacher_top_k: int = 64  # teacher log-probs kept per answer token (0: the whole vocabulary)
     init: Literal["identity", "lstsq"] = "identity"
     ridge: float = 0.1  # init lstsq: relative to the mean diagonal of the hidden states' Gram matrix
     steps: int = 500
@@ -50,6 +58,10 @@ class TrainConfig:
         self.model_cache = Path(self.model_cache)
         if not self.data:
             raise TrainingError("no --data source")
+        if self.objective not in ("lm", "kl", "both"):
+            raise TrainingError(f"objective must be lm, kl or both, got {self.objective!r}")
+        if self.reconstruction < 0 or self.kl_weight < 0 or self.teacher_top_k < 0:
+            raise TrainingError("reconstruction, kl_weight and teacher_top_k cannot be negative")
         for name in ("steps", "batch_size", "eval_every", "save_every"):
             value = getattr(self, name)
             if value < (0 if name == "steps" else 1):

@@ -3,6 +3,14 @@
 Fashion-MNIST clothing photos (Debian package ``dataset-fashion-mnist``) and scenes of shapes
 (``projector.training.scenes``). None of the tasks asks about a shape's colour or identity, or
 whether a shape is present (the easy-VQA question families).
+
+The train/evaluation split is declared here as data (``TRAINING_TASKS``: each task's prompt template
+and, for a task with a closed answer set, its label vocabulary) and checked against the evaluation
+suite's declaration by ``projector.evaluation.tasks.check_split``: no template, no prompt frame (a
+template's first word, e.g. ``Q:``) and no label is shared. ``binding_episodes`` teaches the *skill*
+the evaluation's binding task measures (a made-up name bound to a class only through demonstrations)
+with its own template, its own made-up words (``TRAIN_NONCE_WORDS``) and clothing photos instead of
+shapes.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import gzip
 import random
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -23,6 +32,54 @@ FASHION_CLASSES = ("t-shirt", "pair of trousers", "pullover", "dress", "coat", "
 FASHION_KIND = ("top", "bottom", "top", "dress", "top", "footwear", "top", "footwear", "bag", "footwear")
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four")
+POSITIONS = (
+    "top left",
+    "top",
+    "top right",
+    "left",
+    "center",
+    "right",
+    "bottom left",
+    "bottom",
+    "bottom right",
+)
+# Made-up names for training's binding episodes; the evaluation's binding task has its own list
+# (``projector.evaluation.tasks.EVAL_NONCE_WORDS``) and the two never share a word.
+TRAIN_NONCE_WORDS = ("lorp", "vek", "snib", "quoff", "trelb", "mib", "gorp", "yeen", "plonk", "darsh", "nuv",
+                     "spaw", "frell", "obin", "tesk", "wimble")  # fmt: skip
+BINDING_TEMPLATE = "This object is named"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task as the train/evaluation split sees it: its prompt template(s) and closed label set."""
+
+    name: str
+    templates: tuple[str, ...]  # '{...}' marks a slot
+    labels: frozenset[str] | None = None  # the whole answers of a closed task; None: open-ended
+
+
+def _scene_backgrounds() -> frozenset[str]:
+    from projector.training.scenes import SCENE_BACKGROUNDS
+
+    return frozenset(f"{b} background" for b in SCENE_BACKGROUNDS)
+
+
+TRAINING_TASKS = (
+    TaskSpec("scene-caption", ("Caption:",)),
+    TaskSpec("scene-list", ("List the objects:",)),
+    TaskSpec("scene-count", ("Number of objects:",), frozenset(NUMBER_WORDS)),
+    TaskSpec("scene-where", ("Position of the {color} {shape}:",), frozenset(POSITIONS)),
+    TaskSpec("scene-background", ("Backdrop:",), _scene_backgrounds()),
+    TaskSpec("fashion-caption", ("Caption:",)),
+    TaskSpec("fashion-name", ("Item name:",), frozenset(FASHION_CLASSES)),
+    TaskSpec(
+        "fashion-kind", ("Kind of clothing (footwear, top, bottom, dress or bag):",), frozenset(FASHION_KIND)
+    ),  # fmt: skip
+    TaskSpec("fashion-claim", ("Claim: this is {article} {name}. Verdict:",), frozenset({"true", "false"})),
+    TaskSpec("binding", (BINDING_TEMPLATE,), frozenset(TRAIN_NONCE_WORDS)),
+    TaskSpec("reconstruction", ("\nRepeat:",)),  # the trainer's reconstruction cue (RECONSTRUCTION_CUE)
+)
 
 
 def read_fashion_mnist(split: str = "train", data_dir: Path = FASHION_MNIST_DIR, limit: int | None = None):
@@ -57,9 +114,9 @@ def _scene_tasks(scene: Scene, rng: random.Random) -> dict[str, tuple[str, str]]
     return {
         "scene-caption": ("Caption:", f"{_and(things).capitalize()} on a {scene.background} background."),
         "scene-list": ("List the objects:", ", ".join(short)),
-        "scene-count": ("Q: How many objects are in the picture? A:", NUMBER_WORDS[len(scene.objects)]),
-        "scene-where": (f"Q: Where is the {c0} {s0}? A:", p0 if p0 == "center" else f"{p0}"),
-        "scene-background": ("The background of this picture is", scene.background),
+        "scene-count": ("Number of objects:", NUMBER_WORDS[len(scene.objects)]),
+        "scene-where": (f"Position of the {c0} {s0}:", p0),
+        "scene-background": ("Backdrop:", f"{scene.background} background"),
     }
 
 
@@ -71,14 +128,11 @@ def _fashion_tasks(label: int, rng: random.Random) -> dict[str, tuple[str, str]]
     other_article = "an" if other_name[0] in "aeiou" else "a"
     return {
         "fashion-caption": ("Caption:", f"A black and white photo of {article} {name}."),
-        "fashion-name": ("Q: What is this item? A:", name),
-        "fashion-kind": (
-            "Question: Is this footwear, a top, a bottom, a dress or a bag? Answer:",
-            FASHION_KIND[label],
-        ),
-        "fashion-yesno": (
-            f"Question: Is this {other_article} {other_name}? Answer:",
-            "yes" if other == label else "no",
+        "fashion-name": ("Item name:", name),
+        "fashion-kind": ("Kind of clothing (footwear, top, bottom, dress or bag):", FASHION_KIND[label]),
+        "fashion-claim": (
+            f"Claim: this is {other_article} {other_name}. Verdict:",
+            "true" if other == label else "false",
         ),
     }
 
@@ -133,4 +187,49 @@ def generic_episodes(
         demos = tuple(Pair(im, demo_text(p, a)) for im, (p, a) in pairs[:-1])
         q_image, (q_prompt, q_answer) = pairs[-1]
         episodes.append(Episode(demos, Pair(q_image, q_prompt), q_answer))
+    return episodes
+
+
+def binding_episodes(
+    n_episodes: int,
+    *,
+    seed: int = 0,
+    min_shots: int = 2,
+    max_shots: int = 6,
+    n_classes: int = 3,
+    fashion_dir: Path = FASHION_MNIST_DIR,
+    n_images: int = 600,
+) -> list[Episode]:
+    """Made-up names bound to classes only through the demonstrations (training's version of the skill).
+
+    Each episode draws ``n_classes`` clothing classes (rendered shapes when Fashion-MNIST is not
+    installed) and gives each a fresh word from ``TRAIN_NONCE_WORDS``; demonstrations cycle through the
+    classes, and the query is a new image of one of them whose answer is its episode-local name.
+    """
+    rng = random.Random(seed * 1_000_033 + 17)
+    try:
+        items = read_fashion_mnist("train", fashion_dir, limit=n_images)
+        pool = [(im.convert("RGB").resize((112, 112), Image.BICUBIC), int(label)) for im, label in items]
+    except FileNotFoundError:
+        from projector.training.scenes import SCENE_COLORS, SHAPES, shape_image
+
+        colors = list(SCENE_COLORS)
+        pool = [(shape_image((112, 112), colors[i % len(colors)], SHAPES[i % len(SHAPES)]), i % len(SHAPES))
+                for i in range(n_images)]  # fmt: skip
+    by_class: dict[int, list[int]] = {}
+    for i, (_, label) in enumerate(pool):
+        by_class.setdefault(label, []).append(i)
+    classes = sorted(c for c, members in by_class.items() if len(members) >= max_shots + 1)
+    episodes = []
+    for _ in range(n_episodes):
+        chosen = rng.sample(classes, n_classes)
+        names = dict(zip(chosen, rng.sample(TRAIN_NONCE_WORDS, n_classes), strict=True))
+        k = rng.randint(max(min_shots, 1), max_shots)
+        order = [chosen[i % n_classes] for i in range(k)]
+        rng.shuffle(order)
+        query_class = rng.choice(chosen)
+        picks = {c: rng.sample(by_class[c], order.count(c) + (c == query_class)) for c in chosen}
+        demos = tuple(Pair(pool[picks[c].pop()][0], demo_text(BINDING_TEMPLATE, names[c])) for c in order)
+        query = Pair(pool[picks[query_class].pop()][0], BINDING_TEMPLATE)
+        episodes.append(Episode(demos, query, names[query_class]))
     return episodes

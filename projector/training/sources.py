@@ -12,20 +12,23 @@ from projector.training.episodes import (
     read_mmc4,
     read_obelics,
 )
-from projector.training.generic import generic_episodes
+from projector.training.generic import binding_episodes, generic_episodes
 
-SPECS = "generic[:N], scenes[:N], jsonl:PATH, mmc4:PATH:IMAGE_DIR, obelics:PATH:IMAGE_DIR"
+SPECS = "generic[:N], scenes[:N], binding[:N], jsonl:PATH, mmc4:PATH:IMAGE_DIR, obelics:PATH:IMAGE_DIR"
 
 
 def load_sources(specs: list[str], *, seed: int, max_shots: int) -> list[Episode]:
     episodes: list[Episode] = []
     for spec in specs:
         kind, _, rest = spec.partition(":")
-        if kind in ("generic", "scenes"):
+        if kind in ("generic", "scenes", "binding"):
             if rest and not rest.isdigit():
                 raise TrainingError(f"--data {kind}[:N] expected, got {spec!r}")
             n = int(rest) if rest else 2000
-            episodes += generic_episodes(n, seed=seed, max_shots=max_shots, fashion=kind == "generic")
+            if kind == "binding":
+                episodes += binding_episodes(n, seed=seed, max_shots=max(2, max_shots))
+            else:
+                episodes += generic_episodes(n, seed=seed, max_shots=max_shots, fashion=kind == "generic")
         elif kind == "jsonl":
             episodes += read_episodes_jsonl(Path(rest))
         elif kind in ("mmc4", "obelics"):

@@ -18,7 +18,8 @@ import json
 import logging
 import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -26,11 +27,12 @@ from safetensors.torch import load_file, save_file
 
 from projector.backbone import Backbone, QueryEmbedding, load_backbone
 from projector.models import resolve_model
-from projector.optim import token_weighted_loss, warmup_cosine_lr
-from projector.projector import Projector, ProjectorConfig
+from projector.optim import warmup_cosine_lr
+from projector.projector import Projector, ProjectorConfig, write_provenance
 from projector.prompt import assemble_prompt
 from projector.templates import Templates
 from projector.training.config import TrainConfig, TrainingError
+from projector.training.distill import TeacherCache, topk_kl
 from projector.training.episodes import Episode
 from projector.training.features import FeatureCache
 from projector.training.sources import load_sources
@@ -42,6 +44,26 @@ LR_FLOOR = 0.1  # the cosine decays to this share of the learning rate
 
 
 # -- batches --------------------------------------------------------------------------------------
+# Reconstruction rows: [query prefix] + a demonstration's fused tokens + this cue, then its text.
+RECONSTRUCTION_CUE = "\nRepeat:"
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a step minimises: ``lm`` (cross-entropy on the target), ``kl`` (KL from the raw-ICL teacher
+    over the target, teacher-forced), ``both`` (lm + kl_weight * kl); plus ``reconstruction`` times the
+    LM loss of regenerating a demonstration's text from its fused tokens."""
+
+    kind: str = "lm"
+    kl_weight: float = 1.0
+    reconstruction: float = 0.0
+    teacher: TeacherCache | None = None
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.kind in ("kl", "both")
+
+
 def episode_embeds(
     ep: Episode, projector: Projector, cache: FeatureCache, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,34 +78,114 @@ def episode_embeds(
     return embeds, labels
 
 
-def batch_loss(
-    episodes: list[Episode], projector: Projector, cache: FeatureCache, backbone: Backbone
-) -> torch.Tensor:
-    """Mean LM loss over the target tokens of a batch (right padding, attention mask)."""
-    device = backbone.device
-    rows = [episode_embeds(ep, projector, cache, device) for ep in episodes]
+def reconstruction_embeds(
+    ep: Episode, demo_index: int, projector: Projector, cache: FeatureCache, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs_embeds, labels) asking the decoder to regenerate one demonstration's text from its fused
+    tokens: ``[query prefix] + fused + cue + text``, the text labelled."""
+    demo = ep.demonstrations[demo_index]
+    prefix = cache.query(ep.query).prefix.to(device)
+    _, cue = cache.target(RECONSTRUCTION_CUE)
+    ids, text = cache.target(demo.text)
+    fused = projector(cache.demonstration(demo).to(device))
+    embeds = torch.cat([prefix, fused, cue.to(device), text.to(device)], dim=0)
+    labels = torch.full((embeds.shape[0],), -100, dtype=torch.long, device=device)
+    labels[-ids.numel() :] = ids.to(device)
+    return embeds, labels
+
+
+def _forward(
+    rows: list[tuple[torch.Tensor, torch.Tensor]], backbone: Backbone
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [B, L, V] and labels [B, L] of right-padded rows (padding masked out of attention)."""
+    device, dtype = backbone.device, backbone.dtype
     longest = max(e.shape[0] for e, _ in rows)
     d = rows[0][0].shape[1]
-    dtype = backbone.dtype
     embeds, labels, mask = [], [], torch.zeros(len(rows), longest, dtype=torch.long, device=device)
     for i, (e, lab) in enumerate(rows):
         pad = longest - e.shape[0]
         embeds.append(torch.cat([e.to(dtype), torch.zeros(pad, d, dtype=dtype, device=device)]))
         labels.append(torch.cat([lab, torch.full((pad,), -100, dtype=torch.long, device=device)]))
         mask[i, : e.shape[0]] = 1
-    out = backbone.model(inputs_embeds=torch.stack(embeds), attention_mask=mask, labels=torch.stack(labels))
-    return out.loss
+    logits = backbone.model(inputs_embeds=torch.stack(embeds), attention_mask=mask).logits
+    return logits, torch.stack(labels)
+
+
+def _target_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits that predict each labelled token ([N, V]) and those tokens ([N])."""
+    shifted_logits, shifted_labels = logits[:, :-1], labels[:, 1:]
+    keep = shifted_labels != -100
+    return shifted_logits[keep], shifted_labels[keep]
+
+
+def batch_losses(
+    episodes: list[Episode],
+    projector: Projector,
+    cache: FeatureCache,
+    backbone: Backbone,
+    objective: Objective = Objective(),
+    *,
+    reconstruct: list[int] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The objective's parts over a batch, each a mean over its tokens: ``lm``, ``kl`` (with a teacher),
+    ``reconstruction`` (when its weight is set; ``reconstruct[i]`` picks episode i's demonstration,
+    default the first), and ``loss``, the weighted total the optimiser sees."""
+    device = backbone.device
+    logits, labels = _forward([episode_embeds(ep, projector, cache, device) for ep in episodes], backbone)
+    student, targets = _target_logits(logits, labels)
+    parts = {"lm": torch.nn.functional.cross_entropy(student.float(), targets)}
+    if objective.teacher is not None:
+        teacher = [objective.teacher.get(ep) for ep in episodes]  # rows are in episode order, as is `student`
+        ids = torch.cat([t[0] for t in teacher]).to(device)
+        logp = torch.cat([t[1] for t in teacher]).to(device)
+        parts["kl"] = topk_kl(student, ids, logp).mean()
+    if objective.reconstruction > 0:
+        picks = reconstruct or [0] * len(episodes)
+        rows = [reconstruction_embeds(ep, j, projector, cache, device)
+                for ep, j in zip(episodes, picks, strict=True) if ep.demonstrations]  # fmt: skip
+        if rows:
+            r_logits, r_labels = _forward(rows, backbone)
+            r_student, r_targets = _target_logits(r_logits, r_labels)
+            parts["reconstruction"] = torch.nn.functional.cross_entropy(r_student.float(), r_targets)
+    if objective.kind == "lm":
+        loss = parts["lm"]
+    elif objective.kind == "kl":
+        loss = parts["kl"]
+    else:
+        loss = parts["lm"] + objective.kl_weight * parts["kl"]
+    if "reconstruction" in parts:
+        loss = loss + objective.reconstruction * parts["reconstruction"]
+    parts["loss"] = loss
+    return parts
+
+
+def batch_loss(
+    episodes: list[Episode], projector: Projector, cache: FeatureCache, backbone: Backbone,
+    objective: Objective = Objective(),
+) -> torch.Tensor:  # fmt: skip
+    """The objective's total loss over a batch (default: mean LM loss over the target tokens)."""
+    return batch_losses(episodes, projector, cache, backbone, objective)["loss"]
+
+
+def heldout_losses(episodes: list[Episode], projector: Projector, cache: FeatureCache, backbone: Backbone,
+                   batch_size: int, objective: Objective = Objective()) -> dict[str, float]:  # fmt: skip
+    """Each part of the objective over the held-out episodes, weighted by each batch's target tokens."""
+    totals: dict[str, float] = {}
+    weight = 0
+    with torch.no_grad():
+        for start in range(0, len(episodes), batch_size):
+            chunk = episodes[start : start + batch_size]
+            n = sum(cache.target(ep.target)[0].numel() for ep in chunk)
+            for name, value in batch_losses(chunk, projector, cache, backbone, objective).items():
+                totals[name] = totals.get(name, 0.0) + float(value) * n
+            weight += n
+    return {name: total / max(weight, 1) for name, total in totals.items()}
 
 
 def heldout_loss(episodes: list[Episode], projector: Projector, cache: FeatureCache, backbone: Backbone,
-                 batch_size: int) -> float:  # fmt: skip
-    """Token-weighted mean loss over the held-out episodes."""
-
-    def chunk_loss(chunk: list[Episode], start: int) -> tuple[float, int]:
-        n = sum(cache.target(ep.target)[0].numel() for ep in chunk)
-        return float(batch_loss(chunk, projector, cache, backbone)) * n, n
-
-    return token_weighted_loss(episodes, batch_size, chunk_loss)
+                 batch_size: int, objective: Objective = Objective()) -> float:  # fmt: skip
+    """Token-weighted mean of the objective's loss over the held-out episodes."""
+    return heldout_losses(episodes, projector, cache, backbone, batch_size, objective)["loss"]
 
 
 # -- initialisation -------------------------------------------------------------------------------
@@ -153,6 +255,10 @@ def load_state(out: Path, optimizer: torch.optim.Optimizer) -> dict:
     return info
 
 
+def _prefixed(parts: dict[str, float]) -> dict[str, float]:
+    return {f"heldout_{k}": v for k, v in parts.items() if k != "loss"}
+
+
 def train(config: TrainConfig) -> dict:
     """Run training as configured; returns a summary (also written to ``train_log.jsonl``)."""
     if config.threads:
@@ -188,6 +294,14 @@ def train(config: TrainConfig) -> dict:
     cache.warm(held + train_eps, progress=not config.quiet)
     t_features = time.time() - t0
     log.info("backbone features for %d episodes in %.1f s", len(episodes), t_features)
+    teacher = None
+    if config.objective in ("kl", "both"):
+        teacher = TeacherCache(cache, top_k=config.teacher_top_k, cache_dir=config.cache_dir)
+        t0 = time.time()
+        teacher.warm(held + train_eps, progress=not config.quiet)
+        t_features += time.time() - t0
+        log.info("raw-ICL teacher distributions for %d episodes in %.1f s", len(episodes), time.time() - t0)
+    objective = Objective(config.objective, config.kl_weight, config.reconstruction, teacher)
 
     projector_config = ProjectorConfig(
         kind=config.kind, hidden_size=backbone.hidden_size, layer=config.layer, backbone=backbone.name
@@ -214,21 +328,57 @@ def train(config: TrainConfig) -> dict:
         with log_path.open("a") as f:
             f.write(json.dumps(entry) + "\n")
 
-    def checkpoint(heldout: float | None) -> None:
+    def provenance(held_parts: dict | None) -> dict:
+        """training.json: how these weights were made (``aim eval --record-into`` adds fidelity)."""
+        return {
+            "backbone": backbone.identity(),
+            "objective": config.objective,
+            "kl_weight": config.kl_weight if config.objective == "both" else None,
+            "reconstruction": config.reconstruction,
+            "teacher_top_k": config.teacher_top_k if teacher is not None else None,
+            "kind": config.kind,
+            "layer": config.layer,
+            "init": config.init,
+            "data": config.data,
+            "episodes": len(train_eps),
+            "heldout_episodes": n_held,
+            "max_shots": config.max_shots,
+            "steps": step,
+            "batch_size": config.batch_size,
+            "lr": config.lr,
+            "seed": config.seed,
+            "plain_templates": config.plain_templates,
+            "heldout": held_parts,
+            "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+
+    def save_projector(where: Path, held_parts: dict | None) -> None:
+        projector.save(where)
+        write_provenance(where, provenance(held_parts))
+
+    def checkpoint(heldout: float | None, held_parts: dict | None = None) -> None:
         nonlocal best
-        projector.save(out)
+        save_projector(out, held_parts)
         if heldout is not None and heldout < best:
             best = heldout
-            projector.save(out / "best")
+            save_projector(out / "best", held_parts)
         save_state(out, step, best, optimizer, {"args": {k: str(v) for k, v in asdict(config).items()}})
 
     projector.train()
-    initial = heldout_loss(held, projector, cache, backbone, config.batch_size) if step == 0 else None
-    if initial is not None:
-        log.info("step 0 held-out loss %.4f", initial)
-        record({"step": 0, "heldout_loss": initial, "elapsed_s": round(time.time() - t_start, 1)})
+
+    def held_out() -> dict[str, float]:
+        return {k: round(v, 4) for k, v in
+                heldout_losses(held, projector, cache, backbone, config.batch_size, objective).items()}  # fmt: skip
+
+    initial_parts = held_out() if step == 0 else None
+    initial = initial_parts["loss"] if initial_parts is not None else None
+    if initial_parts is not None:
+        log.info("step 0 held-out %s", initial_parts)
+        record({"step": 0, "heldout_loss": initial, **_prefixed(initial_parts),
+                "elapsed_s": round(time.time() - t_start, 1)})  # fmt: skip
         best = min(best, initial)
-        projector.save(out / "best")
+        save_projector(out / "best", initial_parts)
+    last_parts = initial_parts
 
     from tqdm import tqdm
 
@@ -240,9 +390,12 @@ def train(config: TrainConfig) -> dict:
     while step < config.steps:
         rng = random.Random(config.seed * 1_000_003 + step)  # batch of a step is a function of (seed, step)
         batch = [train_eps[rng.randrange(len(train_eps))] for _ in range(config.batch_size)]
+        picks = [
+            rng.randrange(max(1, len(ep.demonstrations))) for ep in batch
+        ]  # reconstructed demonstrations
         for group in optimizer.param_groups:
             group["lr"] = warmup_cosine_lr(step, config.steps, config.lr, config.warmup, floor=LR_FLOOR)
-        loss = batch_loss(batch, projector, cache, backbone)
+        loss = batch_losses(batch, projector, cache, backbone, objective, reconstruct=picks)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(projector.parameters(), 1.0)
@@ -254,14 +407,16 @@ def train(config: TrainConfig) -> dict:
         bar.set_postfix(loss=f"{running:.3f}", held=f"{last_held:.3f}" if last_held is not None else "-")
         timed_out = config.max_minutes is not None and (time.time() - t_train) / 60 >= config.max_minutes
         if step % config.eval_every == 0 or step == config.steps or timed_out:
-            last_held = heldout_loss(held, projector, cache, backbone, config.batch_size)
+            last_parts = held_out()
+            last_held = last_parts["loss"]
             entry = {"step": step, "train_loss": round(running, 4), "heldout_loss": round(last_held, 4),
-                     "lr": optimizer.param_groups[0]["lr"], "elapsed_s": round(time.time() - t_start, 1)}  # fmt: skip
+                     **_prefixed(last_parts), "lr": optimizer.param_groups[0]["lr"],
+                     "elapsed_s": round(time.time() - t_start, 1)}  # fmt: skip
             record(entry)
             bar.write(json.dumps(entry))
-            checkpoint(last_held)
+            checkpoint(last_held, last_parts)
         elif step % config.save_every == 0:
-            checkpoint(None)
+            checkpoint(None, last_parts)
         if timed_out:
             stopped_early = step < config.steps
             break
@@ -270,9 +425,12 @@ def train(config: TrainConfig) -> dict:
         "event": "done",
         "step": step,
         "stopped_by_time": stopped_early,
+        "objective": config.objective,
         "initial_heldout_loss": initial,
         "final_heldout_loss": last_held,
         "best_heldout_loss": best,
+        "initial_heldout": initial_parts,
+        "final_heldout": last_parts,
         "feature_seconds": round(t_features, 1),
         "train_seconds": round(time.time() - t_train, 1),
         "total_seconds": round(time.time() - t_start, 1),

@@ -38,6 +38,7 @@ async def ready(request: Request) -> dict:
         "engine": state.engine.name,
         "bank": state.redis.description,
         "fingerprint": state.fingerprint,
+        "projector": state.projector,
         "dtype": str(state.encoder.dtype).removeprefix("torch."),
         "max_model_len": state.engine.max_model_len,
     }

@@ -20,7 +20,7 @@ def test_evaluation_smoke(tiny_model_dir: Path, backbone: Backbone, tmp_path: Pa
     summary = run(EvalConfig(model=str(tiny_model_dir), projector=ckpt, n_test=3, pool=4, shots="0,1",
                              out=tmp_path / "eval", quiet=True, device="cpu", max_new_tokens=2))  # fmt: skip
     rows = {(r["setting"], r["k"]): r for r in summary["results"]}
-    assert set(rows) == {("zero-shot", 0), ("raw-icl", 1), ("aim", 1), ("aim-identity", 1)}
+    assert set(rows) == {("zero-shot", 0), ("zero-shot", 1), ("raw-icl", 1), ("aim", 1), ("aim-identity", 1)}
     # One demonstration costs its text tokens with AIM and text + image tokens raw.
     assert rows[("aim", 1)]["prompt_tokens"] < rows[("raw-icl", 1)]["prompt_tokens"]
     assert rows[("aim", 1)]["prompt_tokens"] > rows[("zero-shot", 0)]["prompt_tokens"]
@@ -37,6 +37,7 @@ def test_evaluation_smoke(tiny_model_dir: Path, backbone: Backbone, tmp_path: Pa
         ({"also": ["nocheckpoint"]}, "--also NAME=CKPT expected"),
         ({"benchmark": "vqav2"}, "unknown benchmark 'vqav2'"),
         ({"shots": "1,two"}, "--shots takes comma-separated whole numbers"),
+        ({"settings": "aim-identity", "record_into": "p"}, "--record-into needs the raw-icl setting"),
     ],
 )
 def test_bad_configurations_are_evaluation_errors(overrides: dict, message: str) -> None:
@@ -52,3 +53,35 @@ def test_the_command_line_maps_onto_the_config_and_errors_exit_2(
     )
     assert main(["--model", "tiny", "--out", str(tmp_path), "--settings", "aim"]) == 2
     assert "aim eval: error: setting 'aim' needs --projector" in capsys.readouterr().err
+
+
+def test_binding_fidelity_against_raw_icl_is_recorded_into_the_checkpoint(
+    tiny_model_dir: Path, backbone: Backbone, tmp_path: Path
+) -> None:
+    ckpt = Projector.identity(backbone=backbone.name, hidden_size=backbone.hidden_size).save(tmp_path / "p")
+    before = Projector.load(ckpt).digest()
+    summary = run(EvalConfig(model=str(tiny_model_dir), projector=ckpt, benchmark="binding", n_test=3, shots="0,3",
+                             out=tmp_path / "eval", quiet=True, device="cpu", record_into=ckpt))  # fmt: skip
+    rows = {(r["setting"], r["k"]): r for r in summary["results"]}
+    raw, aim, identity = rows[("raw-icl", 3)], rows[("aim", 3)], rows[("aim-identity", 3)]
+    assert (raw["agreement"], raw["kl"]) == (1.0, 0.0)
+    assert aim["kl"] > 0 and aim["kl"] == identity["kl"]  # the same projector twice measures the same
+    assert 0 <= aim["label_copy_rate"] <= 1 and 0 <= aim["first_token_agreement"] <= 1
+    assert {(t["a"], t["b"], t["measure"]) for t in summary["significance"]} >= {
+        ("aim", "raw-icl", "score"),
+        ("aim", "aim-identity", "agreement"),
+        ("aim", "zero-shot", "label_copy"),
+    }
+    recorded = Projector.load(ckpt).provenance["fidelity"]["binding/seed0/n3"]
+    assert recorded["setting"] == "aim" and recorded["by_k"]["3"]["kl"] == aim["kl"]
+    assert Projector.load(ckpt).digest() == before
+    assert "| raw multimodal ICL | 3 |" in (tmp_path / "eval" / "results.md").read_text()
+
+
+def test_record_into_must_be_an_evaluated_checkpoint(
+    tiny_model_dir: Path, backbone: Backbone, tmp_path: Path
+):
+    ckpt = Projector.identity(backbone=backbone.name, hidden_size=backbone.hidden_size).save(tmp_path / "p")
+    with pytest.raises(EvaluationError, match="not a checkpoint this run evaluates"):
+        run(EvalConfig(model=str(tiny_model_dir), projector=ckpt, benchmark="binding", n_test=1, shots="1",
+                       out=tmp_path / "e", quiet=True, device="cpu", record_into=tmp_path / "other"))  # fmt: skip
