@@ -20,6 +20,7 @@ from server.openapi import errors
 from server.wire import SET_NAME_PATTERN
 
 MAX_PAGE = 10_000
+MAX_OFFSET = 10**9  # far past any set, and within the 64-bit range Redis takes for LRANGE
 
 router = APIRouter(tags=["demonstrations"])
 
@@ -47,7 +48,7 @@ async def delete_demonstration(
     return await service.delete(demonstration_id)
 
 
-Offset = Annotated[int, Query(ge=0, description="how many to skip")]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="how many to skip")]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="how many at most")]
 SetNamePath = Annotated[str, Path(pattern=SET_NAME_PATTERN)]
 
