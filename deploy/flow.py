@@ -211,6 +211,7 @@ def step_outage(d: Deployment, photos: list[str]) -> tuple[str, str]:
         thread.start()
     try:
         time.sleep(3)
+        stopping = time.monotonic()
         d.compose("stop", "redis")
         down_from = time.monotonic()
         time.sleep(10)
@@ -230,7 +231,7 @@ def step_outage(d: Deployment, photos: list[str]) -> tuple[str, str]:
         for thread in outage.threads:
             thread.join(timeout=90)
 
-    before = [e for e in outage.log if e[1] < down_from]
+    before = [e for e in outage.log if e[1] < stopping]
     # Requests sent while Redis was down: answered before `start`, or held until after it.
     sent_down = [e for e in outage.log if down_from + 0.5 <= e[0] <= down_until]
     answered = [e for e in sent_down if e[1] <= started]
@@ -244,13 +245,19 @@ def step_outage(d: Deployment, photos: list[str]) -> tuple[str, str]:
         f"{route} " + ",".join(f"{k} x{n}" for k, n in sorted(counts.items()))
         for route, counts in statuses.items()
     )
+    if answered:
+        seen += f" (answers took up to {max(e[1] - e[0] for e in answered):.1f} s)"
     if held:
         seen += f"; {len(held)} held until Redis was back ({', '.join(sorted({e[2] for e in held}))}, up to "
         seen += f"{max(e[1] - e[0] for e in held):.1f} s)"
     acked = [e[5] for e in outage.log if e[5]]
     problems, gaps = [], []
-    if any(e[3] != 200 for e in before):
-        problems.append("requests failed before Redis was stopped")
+    failed_before = [e for e in before if e[3] != 200]
+    if failed_before:
+        e = failed_before[0]
+        problems.append(
+            f"{len(failed_before)} requests failed before Redis was stopped ({e[2]} {e[3]} {e[4]})"
+        )
     if not answered:
         problems.append("no request was answered while Redis was down")
     ready = {e[3] for e in answered if e[2] == "ready"}

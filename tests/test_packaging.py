@@ -22,9 +22,11 @@ NEEDED = [
 def test_wheel_contains_shipped_weights_and_checkpoints(tmp_path: Path):
     # Build from a copy of the tracked files, as a clean checkout would: nothing untracked can leak in,
     # and no build/ or egg-info is left in the working tree.
-    tracked = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True
-    ).stdout.decode().split("\0")
+    tracked = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True)
+        .stdout.decode()
+        .split("\0")
+    )
     src = tmp_path / "src"
     for name in filter(None, tracked):
         if (REPO / name).is_file():
@@ -32,7 +34,18 @@ def test_wheel_contains_shipped_weights_and_checkpoints(tmp_path: Path):
             shutil.copy2(REPO / name, src / name)
     out = tmp_path / "dist"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(src)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            str(src),
+        ],
         check=True,
     )
     (wheel,) = out.glob("aim_serve-*.whl")
