@@ -232,10 +232,11 @@ def step_outage(d: Deployment, photos: list[str]) -> tuple[str, str]:
             thread.join(timeout=90)
 
     before = [e for e in outage.log if e[1] < stopping]
-    # Requests sent while Redis was down: answered before `start`, or held until after it.
+    # Requests sent while Redis was down: answered before `start`, or answered after it (one sent
+    # just before `start` may be served once Redis is back; held longer than HEAL_LIMIT_S: a hang).
     sent_down = [e for e in outage.log if down_from + 0.5 <= e[0] <= down_until]
-    answered = [e for e in sent_down if e[1] <= started]
-    held = [e for e in sent_down if e[1] > started]
+    answered = [e for e in sent_down if e[1] <= started or e[3] != 200]
+    held = [e for e in sent_down if e[1] > started and e[3] == 200]
     statuses: dict[str, dict[str, int]] = {}
     for _, _, route, status, code, _ in answered:
         key = f"{status}{'/' + code if code else ''}"
@@ -248,7 +249,7 @@ def step_outage(d: Deployment, photos: list[str]) -> tuple[str, str]:
     if answered:
         seen += f" (answers took up to {max(e[1] - e[0] for e in answered):.1f} s)"
     if held:
-        seen += f"; {len(held)} held until Redis was back ({', '.join(sorted({e[2] for e in held}))}, up to "
+        seen += f"; {len(held)} answered 200 after Redis was back ({', '.join(sorted({e[2] for e in held}))}, up to "
         seen += f"{max(e[1] - e[0] for e in held):.1f} s)"
     acked = [e[5] for e in outage.log if e[5]]
     problems, gaps = [], []
@@ -271,8 +272,9 @@ def step_outage(d: Deployment, photos: list[str]) -> tuple[str, str]:
     if any(e[3] == 500 for e in bank):
         message = "bank routes answered 500 (not 503) while Redis was down"
         (gaps if "redis-500" in KNOWN_GAPS else problems).append(message)
-    if held:
-        problems.append(f"{len(held)} requests got no answer while Redis was down")
+    hung = [e for e in held if e[1] - e[0] > HEAL_LIMIT_S]
+    if hung:
+        problems.append(f"{len(hung)} requests sent while Redis was down hung over {HEAL_LIMIT_S} s")
     if healed is None:
         problems.append("bank routes not healed within 60 s of `start`")
     elif healed > HEAL_LIMIT_S:
