@@ -14,9 +14,6 @@ Starts deploy/docker-compose.cpu.yml (images already built), waits for /ready, t
 Standard library only (it runs on the host's python3). Prints one line per step and, last, one
 summary line; exits 1 when a step failed.
 
-Known gap: the server answers 500 instead of 503 on bank routes while Redis is down (issue 10).
-AIM_DEPLOY_KNOWN_GAPS=redis-500 reports that as a named known gap instead of a failure; every other
-part of that step (503 from /ready, healing, nothing lost) stays strict.
 """
 
 from __future__ import annotations
@@ -40,7 +37,6 @@ IMAGES = ROOT / "examples" / "images"
 QUESTION = "Q: What is in the picture? A:"
 READY_TIMEOUT_S = 600
 HEAL_LIMIT_S = 20
-KNOWN_GAPS = set(filter(None, os.environ.get("AIM_DEPLOY_KNOWN_GAPS", "").split(",")))
 
 
 class StepFailed(AssertionError):
@@ -205,7 +201,7 @@ class Outage:
 
 
 def step_outage(d: Deployment, photos: list[str]) -> tuple[str, str]:
-    """(status, detail) of the Redis-down step; status ok, FAILED or KNOWN GAP."""
+    """(status, detail) of the Redis-down step; status ok or FAILED."""
     outage = Outage(d)
     for thread in outage.threads:
         thread.start()
@@ -252,7 +248,7 @@ def step_outage(d: Deployment, photos: list[str]) -> tuple[str, str]:
         seen += f"; {len(held)} answered 200 after Redis was back ({', '.join(sorted({e[2] for e in held}))}, up to "
         seen += f"{max(e[1] - e[0] for e in held):.1f} s)"
     acked = [e[5] for e in outage.log if e[5]]
-    problems, gaps = [], []
+    problems = []
     failed_before = [e for e in before if e[3] != 200]
     if failed_before:
         e = failed_before[0]
@@ -265,13 +261,10 @@ def step_outage(d: Deployment, photos: list[str]) -> tuple[str, str]:
     if ready - {503}:
         problems.append(f"/ready answered {sorted(ready)} while Redis was down, not 503")
     bank = [e for e in answered if e[2] != "ready"]
-    if {e[3] for e in bank} - {503, 500}:
-        problems.append(f"bank routes answered {sorted({e[3] for e in bank})} while Redis was down")
+    if {e[3] for e in bank} - {503}:
+        problems.append(f"bank routes answered {sorted({e[3] for e in bank})} while Redis was down, not 503")
     if {e[4] for e in bank if e[3] == 503} - {"bank_unreachable"}:
         problems.append("a 503 without code bank_unreachable")
-    if any(e[3] == 500 for e in bank):
-        message = "bank routes answered 500 (not 503) while Redis was down"
-        (gaps if "redis-500" in KNOWN_GAPS else problems).append(message)
     hung = [e for e in held if e[1] - e[0] > HEAL_LIMIT_S]
     if hung:
         problems.append(f"{len(hung)} requests sent while Redis was down hung over {HEAL_LIMIT_S} s")
@@ -290,8 +283,6 @@ def step_outage(d: Deployment, photos: list[str]) -> tuple[str, str]:
     detail = f"sent while down: {seen or 'nothing'}; {heal}; {len(acked)} acknowledged, {len(lost)} lost"
     if problems:
         return "FAILED", "; ".join(problems) + f" ({detail})"
-    if gaps:
-        return "KNOWN GAP (issue 10)", "; ".join(gaps) + f" ({detail})"
     return "ok", detail
 
 
@@ -390,7 +381,6 @@ def main() -> int:
         step("readme-deletes", deletes)
     torn_down = step("down-v", teardown)
     failed = [name for name, status, _ in results if status == "FAILED"]
-    gaps = [name for name, status, _ in results if status.startswith("KNOWN GAP")]
     passed = passed and torn_down and not failed
     size = d.docker("image", "inspect", "-f", "{{.Size}}", image).strip()
     parts = [f"{name} {status}" for name, status, _ in results]
@@ -402,8 +392,6 @@ def main() -> int:
         if key in times:
             timing.append(f"{label} {times[key]:.0f} s")
     verdict = "PASSED" if passed else "FAILED"
-    if passed and gaps:
-        verdict = f"PASSED with known gap ({', '.join(gaps)})"
     print(f"deploy/test.sh: {verdict}: {'; '.join(parts)} ({', '.join(timing)})", flush=True)
     return 0 if passed else 1
 
