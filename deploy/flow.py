@@ -158,7 +158,8 @@ class Deployment:
     def snapshot(self, ids: list[str]) -> dict:
         """What must survive: the set, each demonstration as stored, and the greedy answer."""
         photos = self.ok("GET", "/sets/photos")
-        check(photos == {"name": "photos", "ids": ids, "size": len(ids)}, f"GET /sets/photos: {photos}")
+        expected = {"name": "photos", "ids": ids, "size": len(ids), "offset": 0, "limit": 10_000}
+        check(photos == expected, f"GET /sets/photos: {photos}")
         demonstrations = {i: self.ok("GET", f"/demonstrations/{i}") for i in ids}
         for i, d in demonstrations.items():
             check(
