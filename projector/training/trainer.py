@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from projector.backbone import Backbone, QueryEmbedding, load_backbone
 from projector.models import resolve_model
@@ -35,11 +34,11 @@ from projector.training.config import TrainConfig, TrainingError
 from projector.training.distill import TeacherCache, topk_kl
 from projector.training.episodes import Episode
 from projector.training.features import FeatureCache
+from projector.training.init import lstsq_init
 from projector.training.sources import load_sources
+from projector.training.state import STATE_JSON, load_state, save_state
 
 log = logging.getLogger("aim.train")
-STATE_JSON = "training_state.json"
-STATE_TENSORS = "training_state.safetensors"
 LR_FLOOR = 0.1  # the cosine decays to this share of the learning rate
 
 
@@ -186,73 +185,6 @@ def heldout_loss(episodes: list[Episode], projector: Projector, cache: FeatureCa
                  batch_size: int, objective: Objective = Objective()) -> float:  # fmt: skip
     """Token-weighted mean of the objective's loss over the held-out episodes."""
     return heldout_losses(episodes, projector, cache, backbone, batch_size, objective)["loss"]
-
-
-# -- initialisation -------------------------------------------------------------------------------
-def lstsq_init(projector: Projector, episodes: list[Episode], cache: FeatureCache, *, ridge: float = 0.1,
-               max_items: int = 2000) -> int:  # fmt: skip
-    """Set a linear projector to the ridge-regression map from a demonstration's hidden states to the
-    input embeddings of the same text tokens: fused tokens then start out close to the text itself
-    (with whatever the hidden states carry about the image mixed in). Returns the rows fitted."""
-    if projector.config.kind != "linear":
-        raise TrainingError("--init lstsq needs a linear projector")
-    backbone = cache.backbone
-    emb = backbone.model.get_input_embeddings()
-    special = set(backbone.special_ids.tolist()) | {backbone.image_token_id}
-    hs, es, seen = [], [], set()
-    for ep in episodes:
-        for d in ep.demonstrations:
-            if d.key in seen or len(seen) >= max_items:
-                continue
-            seen.add(d.key)
-            h = cache.demonstration(d)
-            prompt = backbone.templates.demonstration.format(text=d.text)
-            ids = [i for i in backbone.tokenizer(prompt)["input_ids"] if i not in special]
-            if len(ids) != h.shape[0]:
-                continue
-            with torch.no_grad():
-                es.append(emb(torch.tensor(ids, device=backbone.device)).float().cpu())
-            hs.append(h)
-    if not hs:
-        raise TrainingError("no demonstrations to fit the projector on")
-    H, E = torch.cat(hs).double(), torch.cat(es).double()
-    h_mean, e_mean = H.mean(0), E.mean(0)
-    Hc, Ec = H - h_mean, E - e_mean
-    d = H.shape[1]
-    gram = Hc.T @ Hc
-    lam = ridge * gram.diagonal().mean()
-    W = torch.linalg.solve(gram + lam * torch.eye(d, dtype=gram.dtype), Hc.T @ Ec)  # [d_in, d_out]
-    with torch.no_grad():
-        projector.linear.weight.copy_(W.T.float())
-        projector.linear.bias.copy_((e_mean - h_mean @ W).float())
-    return int(H.shape[0])
-
-
-# -- training state (no pickle) -------------------------------------------------------------------
-def save_state(out: Path, step: int, best: float, optimizer: torch.optim.Optimizer, extra: dict) -> None:
-    tensors = {}
-    for i, p in enumerate(optimizer.param_groups[0]["params"]):
-        st = optimizer.state.get(p, {})
-        for name in ("exp_avg", "exp_avg_sq"):
-            if name in st:
-                tensors[f"{i}.{name}"] = st[name].detach().cpu().contiguous()
-        if "step" in st:
-            tensors[f"{i}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1).cpu()
-    save_file(tensors, str(out / STATE_TENSORS))
-    (out / STATE_JSON).write_text(json.dumps({"step": step, "best_heldout": best, **extra}, indent=2))
-
-
-def load_state(out: Path, optimizer: torch.optim.Optimizer) -> dict:
-    info = json.loads((out / STATE_JSON).read_text())
-    tensors = load_file(str(out / STATE_TENSORS))
-    for i, p in enumerate(optimizer.param_groups[0]["params"]):
-        if f"{i}.exp_avg" in tensors:
-            optimizer.state[p] = {
-                "step": tensors[f"{i}.step"].reshape(()).to(torch.float32),
-                "exp_avg": tensors[f"{i}.exp_avg"].to(p.device),
-                "exp_avg_sq": tensors[f"{i}.exp_avg_sq"].to(p.device),
-            }
-    return info
 
 
 def _prefixed(parts: dict[str, float]) -> dict[str, float]:

@@ -1,0 +1,49 @@
+"""A starting point for a linear projector better than the identity (``aim train --init lstsq``)."""
+
+from __future__ import annotations
+
+import torch
+
+from projector.projector import Projector
+from projector.training.config import TrainingError
+from projector.training.episodes import Episode
+from projector.training.features import FeatureCache
+
+
+def lstsq_init(projector: Projector, episodes: list[Episode], cache: FeatureCache, *, ridge: float = 0.1,
+               max_items: int = 2000) -> int:  # fmt: skip
+    """Set a linear projector to the ridge-regression map from a demonstration's hidden states to the
+    input embeddings of the same text tokens: fused tokens then start out close to the text itself
+    (with whatever the hidden states carry about the image mixed in). Returns the rows fitted."""
+    if projector.config.kind != "linear":
+        raise TrainingError("--init lstsq needs a linear projector")
+    backbone = cache.backbone
+    emb = backbone.model.get_input_embeddings()
+    special = set(backbone.special_ids.tolist()) | {backbone.image_token_id}
+    hs, es, seen = [], [], set()
+    for ep in episodes:
+        for d in ep.demonstrations:
+            if d.key in seen or len(seen) >= max_items:
+                continue
+            seen.add(d.key)
+            h = cache.demonstration(d)
+            prompt = backbone.templates.demonstration.format(text=d.text)
+            ids = [i for i in backbone.tokenizer(prompt)["input_ids"] if i not in special]
+            if len(ids) != h.shape[0]:
+                continue
+            with torch.no_grad():
+                es.append(emb(torch.tensor(ids, device=backbone.device)).float().cpu())
+            hs.append(h)
+    if not hs:
+        raise TrainingError("no demonstrations to fit the projector on")
+    H, E = torch.cat(hs).double(), torch.cat(es).double()
+    h_mean, e_mean = H.mean(0), E.mean(0)
+    Hc, Ec = H - h_mean, E - e_mean
+    d = H.shape[1]
+    gram = Hc.T @ Hc
+    lam = ridge * gram.diagonal().mean()
+    W = torch.linalg.solve(gram + lam * torch.eye(d, dtype=gram.dtype), Hc.T @ Ec)  # [d_in, d_out]
+    with torch.no_grad():
+        projector.linear.weight.copy_(W.T.float())
+        projector.linear.bias.copy_((e_mean - h_mean @ W).float())
+    return int(H.shape[0])
