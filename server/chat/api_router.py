@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
-
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from server.chat.protocol import ChatCompletion, ChatCompletionRequest, ModelCard, ModelList
-from server.chat.serving import ChatService
 from server.deps import ChatServiceDep, StateDep
-from server.errors import error_body
-from server.generate.serving import PreparedRequest
 from server.openapi import SSE_EVENT, errors
+from server.sse import server_sent_events
 
 router = APIRouter(prefix="/v1", tags=["openai"])
-
-
-async def _events(service: ChatService, prepared: PreparedRequest, include_usage: bool) -> AsyncIterator[str]:
-    try:
-        async for chunk in service.stream(prepared, include_usage=include_usage):
-            yield f"data: {chunk}\n\n"
-    except Exception as exc:  # the status line is sent: the error travels as the stream's last event
-        yield f"data: {json.dumps(error_body(exc))}\n\n"
-    yield "data: [DONE]\n\n"
 
 
 @router.post(
@@ -46,7 +32,8 @@ async def chat_completions(
     prepared = await service.prepare(body)  # every 4xx happens here, before any byte is streamed
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        return StreamingResponse(_events(service, prepared, include_usage), media_type="text/event-stream")
+        events = server_sent_events(service.stream(prepared, include_usage=include_usage))
+        return StreamingResponse(events, media_type="text/event-stream")
     return await service.create(prepared)
 
 
