@@ -67,6 +67,10 @@ class EmbeddedRedis:
             "--appendonly", "yes",
             "--appendfilename", "appendonly.aof",
             "--appendfsync", self.appendfsync,
+            # The append-only file is the persistence; no RDB snapshots. With them, a server whose
+            # directory was removed (a test's temporary one) could not save at SIGTERM, refused to
+            # exit and outlived its parent (measured: three such orphans on this machine).
+            "--save", "",
             "--logfile", str(self.data_dir / "redis.log"),
         ]  # fmt: skip
 

@@ -176,3 +176,20 @@ async def test_one_data_directory_serves_one_embedded_redis(tmp_path):
     third = EmbeddedRedis(tmp_path)  # free once the first is stopped
     await third.start()
     third.stop()
+
+
+async def test_the_embedded_redis_exits_on_sigterm_even_without_its_directory(tmp_path):
+    """What the kernel sends when the server dies; the directory may already be gone (a temporary one)."""
+    import shutil
+
+    from bank.embedded import EmbeddedRedis
+
+    embedded = EmbeddedRedis(tmp_path / "data")
+    await embedded.start()
+    shutil.rmtree(tmp_path / "data")
+    os.kill(embedded.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while embedded.running:
+        assert time.monotonic() < deadline, "redis-server ignored SIGTERM"
+        await asyncio.sleep(0.05)
+    embedded.stop()
