@@ -186,10 +186,14 @@ async def test_the_embedded_redis_exits_on_sigterm_even_without_its_directory(tm
 
     embedded = EmbeddedRedis(tmp_path / "data")
     await embedded.start()
-    shutil.rmtree(tmp_path / "data")
-    os.kill(embedded.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 5
-    while embedded.running:
-        assert time.monotonic() < deadline, "redis-server ignored SIGTERM"
-        await asyncio.sleep(0.05)
-    embedded.stop()
+    try:
+        shutil.rmtree(tmp_path / "data")
+        os.kill(embedded.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while embedded.running:
+            assert time.monotonic() < deadline, "redis-server ignored SIGTERM"
+            await asyncio.sleep(0.05)
+    finally:
+        if embedded.running:  # the failure this test is about: do not leave the server behind
+            os.kill(embedded.pid, signal.SIGKILL)
+        embedded.stop()
