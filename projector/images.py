@@ -72,6 +72,12 @@ def to_rgb(image: Image.Image, *, max_side: int | None = None) -> Image.Image:
 
 
 def decode_image(
-    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
+    max_side: int | None = None,
 ) -> Image.Image:
-    return to_rgb(open_image(data, max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio))
+    return to_rgb(
+        open_image(data, max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio), max_side=max_side
+    )

@@ -72,7 +72,8 @@ async def _reencode(args: argparse.Namespace, settings: Settings, connection: Re
         hidden_size=encoder.backbone.hidden_size,
         wait_for_fsync=connection.wait_for_fsync,
     )
-    summary = await reencode(DemonstrationBank(connection.client, args.source), target, encoder)
+    source = DemonstrationBank(connection.client, args.source)
+    summary = await reencode(source, target, encoder, max_image_side=settings.max_image_side)
     print(f"reencoded {args.source} -> {target.fingerprint}: {summary.encoded} encoded, "
           f"{summary.already_there} already there, {summary.sets} sets, {len(summary.skipped)} skipped")  # fmt: skip
     for where, why in summary.skipped.items():

@@ -9,12 +9,12 @@ Resumable: demonstrations already present under the new fingerprint are not enco
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 
-from bank import DemonstrationBank, DemonstrationRecord, decode_record, demonstration_id
+from bank import DemonstrationBank, decode_record, demonstration_id
 from projector.encoder import AimEncoder
 from projector.images import ImageError, decode_image
+from server.demonstrations.serving import encode_record
 
 
 @dataclass
@@ -26,7 +26,12 @@ class ReencodeSummary:
 
 
 async def reencode(
-    source: DemonstrationBank, target: DemonstrationBank, encoder: AimEncoder, *, progress: bool = True
+    source: DemonstrationBank,
+    target: DemonstrationBank,
+    encoder: AimEncoder,
+    *,
+    max_image_side: int,
+    progress: bool = True,
 ) -> ReencodeSummary:
     """Everything of ``source`` (an old fingerprint) into ``target`` (the current one)."""
     from tqdm import tqdm
@@ -54,20 +59,13 @@ async def reencode(
                 summary.skipped[where] = "the kept image and text do not hash to the demonstration's id"
                 continue
             try:
-                image = decode_image(image_bytes)
+                # Decoded as registration decodes it (same reduction on arrival), so the fused tokens are
+                # the ones a fresh registration under the new projector would store.
+                image = decode_image(image_bytes, max_side=max_image_side)
             except ImageError as exc:
                 summary.skipped[where] = f"the kept image does not decode: {exc}"
                 continue
-            fused = await asyncio.to_thread(encoder.encode_demonstration, image, record.text)
-            new_record = DemonstrationRecord(
-                id=record.id,
-                fused_tokens=fused.fused_tokens,
-                text=record.text,
-                metadata=record.metadata,
-                image_tokens=fused.image_tokens,
-                raw_tokens=fused.raw_tokens,
-                image_embedding=fused.image_embedding,
-            )
+            new_record = await encode_record(encoder, record.id, image, record.text, record.metadata)
             await new.put_many([new_record], sources={record.id: image_bytes})
             summary.encoded += 1
         moved = set(await new.existing([i for i, _ in records]))

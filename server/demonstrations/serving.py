@@ -127,16 +127,7 @@ class DemonstrationService:
         return RegisterResponse(set=request.set, items=items)
 
     async def _encode(self, item: _Checked) -> DemonstrationRecord:
-        fused = await asyncio.to_thread(self.encoder.encode_demonstration, item.image, item.text)
-        return DemonstrationRecord(
-            id=item.id,
-            fused_tokens=fused.fused_tokens,
-            text=item.text,
-            metadata=item.metadata,
-            image_tokens=fused.image_tokens,
-            raw_tokens=fused.raw_tokens,
-            image_embedding=fused.image_embedding,
-        )
+        return await encode_record(self.encoder, item.id, item.image, item.text, item.metadata)
 
     async def get(self, demonstration_id: str) -> Demonstration:
         try:
@@ -185,6 +176,22 @@ class DemonstrationService:
         if not await self.bank.delete_set(name):
             raise unknown_set(name, "name")
         return SetDeleted(name=name)
+
+
+async def encode_record(
+    encoder: AimEncoder, demonstration_id: str, image: Image.Image, text: str, metadata: dict
+) -> DemonstrationRecord:
+    """A demonstration encoded now, as the bank stores it: registration and re-encoding both use this."""
+    fused = await asyncio.to_thread(encoder.encode_demonstration, image, text)
+    return DemonstrationRecord(
+        id=demonstration_id,
+        fused_tokens=fused.fused_tokens,
+        text=text,
+        metadata=metadata,
+        image_tokens=fused.image_tokens,
+        raw_tokens=fused.raw_tokens,
+        image_embedding=fused.image_embedding,
+    )
 
 
 def _unknown_demonstration(demonstration_id: str, param: str) -> NotFoundError:

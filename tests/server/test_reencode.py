@@ -13,18 +13,24 @@ from server.app import bank_fingerprint, load_encoder
 from server.reencode import reencode
 from tests.helpers import make_settings, png_b64, start_app
 
+SIDE = 400  # AIM_MAX_IMAGE_SIDE for this test
+
 
 async def test_reencode_rebuilds_every_kept_demonstration_under_the_new_fingerprint(tiny_model_dir, tmp_path):
+    # The last image is larger than the side images are reduced to on arrival: re-encoding must reduce
+    # it the same way, or its fused tokens would differ from a fresh registration's.
     items = [
-        {"image": png_b64(c), "text": f"Q: colour? A: {c}", "metadata": {"c": c}}
-        for c in ("red", "blue", "green")
+        {"image": png_b64(c, size=size), "text": f"Q: colour? A: {c}", "metadata": {"c": c}}
+        for c, size in (("red", (64, 64)), ("blue", (64, 64)), ("green", (800, 640)))
     ]
     async for app in start_app(make_settings(tiny_model_dir, tmp_path / "old", bank_keep_sources=False)):
         r = await app.client.post(
             "/demonstrations", json={"set": "s", "items": [{"image": png_b64("pink"), "text": "no source"}]}
         )
         unkept = r.json()["items"][0]["id"]
-    async for app in start_app(make_settings(tiny_model_dir, tmp_path / "old", bank_keep_sources=True)):
+    async for app in start_app(
+        make_settings(tiny_model_dir, tmp_path / "old", bank_keep_sources=True, max_image_side=SIDE)
+    ):
         r = await app.client.post("/demonstrations", json={"set": "s", "items": items})
         kept = [it["id"] for it in r.json()["items"]]
         client, old_fp = app.state.bank.client, app.state.fingerprint
@@ -33,7 +39,9 @@ async def test_reencode_rebuilds_every_kept_demonstration_under_the_new_fingerpr
         new_fp = bank_fingerprint(new_encoder)
         assert new_fp != old_fp
         target = DemonstrationBank(client, new_fp)
-        summary = await reencode(DemonstrationBank(client, old_fp), target, new_encoder, progress=False)
+        summary = await reencode(
+            DemonstrationBank(client, old_fp), target, new_encoder, max_image_side=SIDE, progress=False
+        )
         assert (summary.encoded, summary.already_there, summary.sets) == (3, 0, 1)
         assert (
             list(summary.skipped) == [f"-/{unkept}"]
@@ -44,13 +52,15 @@ async def test_reencode_rebuilds_every_kept_demonstration_under_the_new_fingerpr
         for demo_id, item in zip(kept, items, strict=True):
             record = await target.get(demo_id)
             fresh = new_encoder.encode_demonstration(
-                decode_image(base64.b64decode(item["image"])), item["text"]
+                decode_image(base64.b64decode(item["image"]), max_side=SIDE), item["text"]
             )
             assert torch.equal(record.fused_tokens, fresh.fused_tokens)
             assert record.metadata == item["metadata"] and record.text == item["text"]
             assert await target.source(demo_id) == base64.b64decode(item["image"])  # kept for the next time
 
-        again = await reencode(DemonstrationBank(client, old_fp), target, new_encoder, progress=False)
+        again = await reencode(
+            DemonstrationBank(client, old_fp), target, new_encoder, max_image_side=SIDE, progress=False
+        )
         assert (again.encoded, again.already_there) == (0, 3)
 
     # The server on the new projector serves the rebuilt set.
