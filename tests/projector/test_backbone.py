@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from projector.backbone import Backbone
+from projector.backbone import Backbone, BackboneError, load_backbone
 from projector.encoder import AimEncoder
 from projector.projector import Projector, ProjectorMismatchError
 from tests.helpers import decode_png, png_b64
@@ -135,3 +135,15 @@ def test_an_untrained_projector_has_the_same_digest_at_every_start():
     for kind in ("linear", "mlp"):
         digests = {Projector.identity(backbone="b", hidden_size=8, kind=kind).digest() for _ in range(3)}
         assert len(digests) == 1, kind
+
+
+@pytest.mark.parametrize("config_class", ["Qwen2VLConfig", "Qwen2_5_VLConfig"])
+def test_multimodal_rope_models_are_refused_with_the_reason(tmp_path: Path, config_class: str):
+    """Refused before any weights load, saying why (bench/qwen2_vl_mrope.py measures it)."""
+    import transformers
+
+    getattr(transformers, config_class)().save_pretrained(tmp_path)
+    with pytest.raises(
+        BackboneError, match=r"cannot serve: multimodal RoPE \(M-RoPE\) gives each image token"
+    ):
+        load_backbone(tmp_path)
