@@ -157,6 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aim build-tiny", description=__doc__)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--model-type",
+        default="llava",
+        choices=["llava", "llava_next", "llava_onevision", "idefics3", "qwen2_vl"],
+        help="the architecture; all but llava are built by projector/models/tiny_family.py",
+    )
     args = parser.parse_args(argv)
-    print(build_tiny_llava(args.out_dir, seed=args.seed))
+    if args.model_type == "llava":
+        print(build_tiny_llava(args.out_dir, seed=args.seed))
+    else:
+        from projector.models.tiny_family import build_tiny_family
+
+        print(build_tiny_family(args.model_type, args.out_dir, seed=args.seed))
     return 0
