@@ -81,7 +81,7 @@ def _processor_class(real: type, model_type: str) -> type:
     return real if video_processor_available() else image_only_processor_class(model_type) or real
 
 
-def _llava_next(out_dir: Path) -> tuple[Any, Any]:
+def _llava_next() -> tuple[Any, Any]:
     """CLIP at 32 px / patch 16 (4 tokens a tile), any-resolution grids up to 64 x 64 px."""
     from transformers import (
         LlavaNextConfig,
@@ -113,7 +113,7 @@ def _llava_next(out_dir: Path) -> tuple[Any, Any]:
     return LlavaNextForConditionalGeneration(config), processor
 
 
-def _llava_onevision(out_dir: Path) -> tuple[Any, Any]:
+def _llava_onevision() -> tuple[Any, Any]:
     """SigLIP at 32 px / patch 16, any-resolution tiles, and a Qwen2 decoder (biased q/k/v, no BOS)."""
     from transformers import (
         LlavaOnevisionConfig,
@@ -157,7 +157,7 @@ def _llava_onevision(out_dir: Path) -> tuple[Any, Any]:
     return LlavaOnevisionForConditionalGeneration(config), processor
 
 
-def _idefics3(out_dir: Path) -> tuple[Any, Any]:
+def _idefics3() -> tuple[Any, Any]:
     """SmolVLM's architecture: a SigLIP-style tower at 32 px / patch 8, pixel shuffle by 2 (4 tokens a
     tile), images split into up to 2 x 2 tiles plus a global view, and a Llama decoder reached at
     ``model.text_model``."""
@@ -193,7 +193,7 @@ def _idefics3(out_dir: Path) -> tuple[Any, Any]:
     return Idefics3ForConditionalGeneration(config), processor
 
 
-def _qwen2_vl(out_dir: Path) -> tuple[Any, Any]:
+def _qwen2_vl() -> tuple[Any, Any]:
     """Qwen2-VL: a ViT with 2 x 2 patch merging and a Qwen2 decoder with multimodal RoPE (M-RoPE)."""
     from transformers import (
         Qwen2VLConfig,
@@ -228,7 +228,7 @@ def _qwen2_vl(out_dir: Path) -> tuple[Any, Any]:
     return Qwen2VLForConditionalGeneration(config), processor
 
 
-BUILDERS: dict[str, Callable[[Path], tuple[Any, Any]]] = {
+BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "llava_next": _llava_next,
     "llava_onevision": _llava_onevision,
     "idefics3": _idefics3,
@@ -243,7 +243,7 @@ def build_tiny_family(model_type: str, out_dir: Path, *, seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    model, processor = BUILDERS[model_type](out_dir)
+    model, processor = BUILDERS[model_type]()
     model = model.eval()
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.save_pretrained(out_dir)
