@@ -2,8 +2,9 @@
 
 ``encode_demonstration`` reads an (image, text) pair once and keeps the hidden states at the text
 positions; ``embed_query`` builds the query's input embeddings with the image features spliced in by
-the model's own forward pass. The adapter works for transformers' LLaVA family (``llava`` and
-``llava_next`` model types): anything whose ``model.language_model`` receives ``inputs_embeds``.
+the model's own forward pass. The adapter works for any transformers image-text-to-text model whose
+decoder (``get_decoder()``: ``model.language_model`` for the LLaVA family, ``model.text_model`` for
+Idefics3) receives ``inputs_embeds`` and places tokens at plain 1-D positions: ``SUPPORTED_MODEL_TYPES``.
 """
 
 from __future__ import annotations
@@ -20,11 +21,35 @@ import torch
 from PIL import Image
 
 from projector.models import register_model_types
+from projector.processors import load_processor
 from projector.templates import Templates, conversation_prompt, model_templates, read_recipe
 
-# Model types whose text positions are plain 1-D positions, so prompt embeddings carry everything the
-# decoder needs. Qwen2-VL's multimodal RoPE positions do not survive the trip through prompt_embeds.
-SUPPORTED_MODEL_TYPES = ("llava", "llava_next")
+# Model types whose tokens sit at plain 1-D positions, so prompt embeddings carry everything the decoder
+# needs. Each is tested end to end on a tiny random build (projector/models/tiny*.py).
+SUPPORTED_MODEL_TYPES = ("llava", "llava_next", "llava_onevision", "idefics3")
+
+_MROPE = (
+    "multimodal RoPE (M-RoPE) gives each image token a (time, height, width) position and shifts every "
+    "later token by the image's grid size instead of its token count; prompt embeddings carry no "
+    "positions, so vLLM and transformers place them at 1-D positions and the decoder reads a different "
+    "prompt (measured on a tiny random Qwen2-VL: bench/qwen2_vl_mrope.py), and vLLM 0.32 computes M-RoPE "
+    "positions from token ids, which a prompt-embeddings request does not have"
+)
+# Known image-text models that cannot be served through prompt embeddings, and why.
+REFUSED_MODEL_TYPES = {t: _MROPE for t in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")}
+
+
+def check_model_type(model_type: str | None, source: str) -> None:
+    """Refuse a model type the adapter cannot serve, saying why where the reason is known."""
+    if model_type in SUPPORTED_MODEL_TYPES:
+        return
+    supported = ", ".join(SUPPORTED_MODEL_TYPES)
+    reason = REFUSED_MODEL_TYPES.get(str(model_type))
+    if reason is not None:
+        raise BackboneError(
+            f"{source} is a {model_type!r} model, which AIM cannot serve: {reason}. Supported: {supported}"
+        )
+    raise BackboneError(f"{source} is a {model_type!r} model; supported: {supported}")
 
 
 class BackboneError(RuntimeError):
@@ -73,11 +98,7 @@ class Backbone:
         templates: Templates | None = None,
         recipe: dict[str, Any] | None = None,
     ) -> None:
-        model_type = getattr(model.config, "model_type", None)
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise BackboneError(
-                f"model type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
-            )
+        check_model_type(getattr(model.config, "model_type", None), "the model")
         self.model = model.eval().requires_grad_(False)
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -92,11 +113,20 @@ class Backbone:
         # The decoder is shared with the engine, which may run it on another thread at the same time:
         # the capture hook is installed once and fires only for the thread that asked for a capture.
         self._capturing = threading.local()
-        self.model.model.language_model.register_forward_pre_hook(self._capture_hook, with_kwargs=True)
+        self.decoder.register_forward_pre_hook(self._capture_hook, with_kwargs=True)
         self.special_ids = torch.tensor(
             sorted({i for i in (self.tokenizer.bos_token_id, self.tokenizer.pad_token_id) if i is not None}),
             dtype=torch.long,
         )
+
+    @property
+    def decoder(self) -> torch.nn.Module:
+        """The language model that reads ``inputs_embeds`` (its attribute path differs by architecture)."""
+        return self.model.get_decoder()
+
+    @property
+    def lm_head(self) -> torch.nn.Module:
+        return self.model.get_output_embeddings()
 
     # -- identity -------------------------------------------------------------------------------
     @property
@@ -126,12 +156,25 @@ class Backbone:
         }
 
     # -- the two AIM operations -----------------------------------------------------------------
-    def _inputs(self, images: list[Image.Image], prompt: str) -> dict[str, torch.Tensor]:
+    def _inputs(self, images: list[Image.Image], prompt: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The model's inputs, and which positions the processor wrote for images.
+
+        The second is every token an image expanded into: its feature tokens and, for architectures
+        that frame them (Idefics3's ``<fake_token_around_image>``, tile markers and the newlines between
+        tile rows), the framing too. It comes from the processor's ``mm_token_type_ids``, and is the
+        feature tokens alone for processors that do not report them.
+        """
         if images:
-            batch = self.processor(images=images, text=prompt, return_tensors="pt")
+            batch = self.processor(
+                images=images, text=prompt, return_tensors="pt", return_mm_token_type_ids=True
+            )
         else:
             batch = self.processor(text=prompt, return_tensors="pt")
-        return {k: v.to(self.device) for k, v in batch.items()}
+        types = batch.pop("mm_token_type_ids", None)
+        inputs = {k: v.to(self.device) for k, v in batch.items()}
+        ids = inputs["input_ids"][0]
+        image_span = types[0].to(ids.device) != 0 if types is not None else ids == self.image_token_id
+        return inputs, image_span | (ids == self.image_token_id)
 
     def encode_demonstration(
         self, image: Image.Image, text: str, *, layer: int = -1
@@ -141,11 +184,10 @@ class Backbone:
         Runs under whatever grad mode the caller chose: the server reads in inference mode, training
         under ``no_grad`` (a tensor made in inference mode cannot be saved for backward).
         """
-        inputs = self._inputs([image], self.templates.demonstration.format(text=text))
+        inputs, is_image = self._inputs([image], self.templates.demonstration.format(text=text))
         ids = inputs["input_ids"][0]
         out = self.model.model(**inputs, output_hidden_states=True, use_cache=False)
         hidden = out.hidden_states[layer][0]
-        is_image = ids == self.image_token_id
         is_counted = ~torch.isin(ids, self.special_ids.to(ids.device))  # everything but BOS / padding
         image_tokens = int(is_image.sum())
         if image_tokens == 0:
@@ -154,7 +196,7 @@ class Backbone:
             hidden_states=hidden[is_counted & ~is_image].detach().clone(),
             image_tokens=image_tokens,
             raw_tokens=int(is_counted.sum()),
-            image_embedding=image_embedding(out.hidden_states[0][0], is_image),
+            image_embedding=image_embedding(out.hidden_states[0][0], ids == self.image_token_id),
         )
 
     def embed_query(
@@ -211,7 +253,7 @@ class Backbone:
         return self._embed_prompt(images, "".join(parts))
 
     def _embed_prompt(self, images: list[Image.Image], prompt: str) -> QueryEmbedding:
-        inputs = self._inputs(images, prompt)
+        inputs, is_image = self._inputs(images, prompt)
         ids = inputs["input_ids"][0]
         self._capturing.active = True
         try:
@@ -226,12 +268,12 @@ class Backbone:
         n_prefix = 0
         while n_prefix < len(ids) and int(ids[n_prefix]) in special:
             n_prefix += 1
-        is_image = ids == self.image_token_id
+        is_feature = ids == self.image_token_id
         return QueryEmbedding(
             prefix=embeds[:n_prefix],
             body=embeds[n_prefix:],
             image_tokens=int(is_image.sum()),
-            image_embedding=image_embedding(embeds, is_image) if bool(is_image.any()) else None,
+            image_embedding=image_embedding(embeds, is_feature) if bool(is_feature.any()) else None,
         )
 
     def _capture_hook(self, _module: torch.nn.Module, _args: tuple, kwargs: dict) -> None:
@@ -268,7 +310,7 @@ def load_backbone(
     models built by this project do); explicit ``templates`` win, ``template_overrides`` replace
     single ones.
     """
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     register_model_types()  # a directory of a built-in model may name one of this project's classes
     source = str(model)
@@ -278,13 +320,10 @@ def load_backbone(
         config = AutoConfig.from_pretrained(source, revision=revision)
     except (OSError, ValueError) as exc:
         raise BackboneError(f"cannot load model config from {source!r}: {exc}") from exc
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise BackboneError(
-            f"{source!r} is a {config.model_type!r} model; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
+    check_model_type(config.model_type, repr(source))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     mllm = AutoModelForImageTextToText.from_pretrained(source, revision=revision, dtype=dtype).to(device)
-    processor = AutoProcessor.from_pretrained(source, revision=revision)
+    processor = load_processor(source, config.model_type, revision=revision)
     if templates is None:
         templates = model_templates(recipe, **(template_overrides or {}))
     name = recipe.get("name") or (local.name if local.is_dir() else source)

@@ -9,7 +9,10 @@ import sys
 
 # Subcommands implemented by other modules' ``main(argv) -> int``; imported only when used.
 TOOLS = {
-    "build-tiny": ("projector.models.tiny", "build the tiny random LLaVA model into a directory"),
+    "build-tiny": (
+        "projector.models.tiny",
+        "build a tiny random model (LLaVA, or --model-type) into a directory",
+    ),
     "build-mini": (
         "projector.models.aim_mini.build",
         "build aim-mini from the installed pretrained packages",

@@ -6,13 +6,14 @@ sets it to the local server), against that server too.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from projector.backbone import Backbone, load_backbone
 from projector.models.tiny import build_tiny_llava
+from projector.models.tiny_family import build_tiny_family
 from tests.helpers import EXTERNAL_REDIS_URL, RunningApp, clear_prefix, make_settings, start_app
 
 
@@ -24,6 +25,42 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def backbone(tiny_model_dir: Path) -> Backbone:
     return load_backbone(tiny_model_dir)
+
+
+# Every supported model type, each as a tiny random build: "llava" is `tiny` itself.
+MODEL_TYPES = ["llava", "llava_next", "llava_onevision", "idefics3"]
+
+
+@pytest.fixture(scope="session")
+def model_dir_of(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """The tiny build of a model type, built once per session on first use."""
+    built: dict[str, Path] = {"llava": tiny_model_dir}
+
+    def get(model_type: str) -> Path:
+        if model_type not in built:
+            built[model_type] = build_tiny_family(model_type, tmp_path_factory.mktemp("models") / model_type)
+        return built[model_type]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def backbone_of(backbone: Backbone, model_dir_of: Callable[[str], Path]) -> Callable[[str], Backbone]:
+    """The loaded backbone of a model type, loaded once per session on first use."""
+    loaded: dict[str, Backbone] = {"llava": backbone}
+
+    def get(model_type: str) -> Backbone:
+        if model_type not in loaded:
+            loaded[model_type] = load_backbone(model_dir_of(model_type))
+        return loaded[model_type]
+
+    return get
+
+
+@pytest.fixture(params=MODEL_TYPES)
+def any_backbone(request: pytest.FixtureRequest, backbone_of: Callable[[str], Backbone]) -> Backbone:
+    """Each supported model type in turn."""
+    return backbone_of(request.param)
 
 
 @pytest.fixture(scope="module")

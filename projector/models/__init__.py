@@ -26,7 +26,23 @@ def _ensure_aim_mini(models_dir: Path) -> Path:
     return ensure_aim_mini(models_dir)
 
 
-BUILTIN_MODELS: dict[str, Callable[[Path], Path]] = {"tiny": _ensure_tiny, "aim-mini": _ensure_aim_mini}
+def _tiny_family(model_type: str) -> Callable[[Path], Path]:
+    def ensure(models_dir: Path) -> Path:
+        from projector.models.tiny_family import ensure_tiny_family
+
+        return ensure_tiny_family(model_type, models_dir)
+
+    return ensure
+
+
+BUILTIN_MODELS: dict[str, Callable[[Path], Path]] = {
+    "tiny": _ensure_tiny,
+    "aim-mini": _ensure_aim_mini,
+    # tiny random builds of the other supported architectures, for trying the machinery on each
+    "tiny-llava-next": _tiny_family("llava_next"),
+    "tiny-llava-onevision": _tiny_family("llava_onevision"),
+    "tiny-idefics3": _tiny_family("idefics3"),
+}
 
 
 def resolve_model(model: str, models_dir: Path) -> str:
@@ -36,20 +52,21 @@ def resolve_model(model: str, models_dir: Path) -> str:
 
 
 def is_tiny(model: str) -> bool:
-    """Whether ``model`` names the tiny random-weight test model (by name, or a directory of a tiny build).
+    """Whether ``model`` names a tiny random-weight test model (by name, or a directory of a tiny build).
 
     Reads only the directory's recipe file: callers decide before any weights load.
     """
-    if model == "tiny":
+    if model == "tiny" or model.startswith("tiny-") and model in BUILTIN_MODELS:
         return True
     from projector.models.tiny import RECIPE_PREFIX
+    from projector.models.tiny_family import RECIPE_PREFIX as FAMILY_PREFIX
     from projector.templates import read_recipe
 
     local = Path(model)
     if not local.is_dir():
         return False
     name = read_recipe(local).get("name")
-    return isinstance(name, str) and name.startswith(RECIPE_PREFIX)
+    return isinstance(name, str) and name.startswith((RECIPE_PREFIX, FAMILY_PREFIX))
 
 
 def register_model_types() -> None:

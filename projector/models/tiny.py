@@ -35,7 +35,11 @@ one two three four five six seven eight nine ten zero many few some none
 """
 
 
-def _train_tokenizer(vocab_size: int):  # -> PreTrainedTokenizerFast
+def _train_tokenizer(
+    vocab_size: int, *, extra_special_tokens: tuple[str, ...] = (), add_bos: bool = True
+):  # -> PreTrainedTokenizerFast
+    """The tiny models' tokenizer. ``extra_special_tokens`` follow the shared ones (ids of the shared ones
+    never move); ``add_bos=False`` leaves prompts without BOS, as Qwen2's tokenizer does."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -45,13 +49,14 @@ def _train_tokenizer(vocab_size: int):  # -> PreTrainedTokenizerFast
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=SPECIAL_TOKENS + list(extra_special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator([line for line in _CORPUS.splitlines() if line.strip()] * 4, trainer=trainer)
-    bos_id = tok.token_to_id("<s>")
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos_id)])
+    if add_bos:
+        bos_id = tok.token_to_id("<s>")
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos_id)])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",
@@ -152,6 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aim build-tiny", description=__doc__)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--model-type",
+        default="llava",
+        choices=["llava", "llava_next", "llava_onevision", "idefics3", "qwen2_vl"],
+        help="the architecture; all but llava are built by projector/models/tiny_family.py",
+    )
     args = parser.parse_args(argv)
-    print(build_tiny_llava(args.out_dir, seed=args.seed))
+    if args.model_type == "llava":
+        print(build_tiny_llava(args.out_dir, seed=args.seed))
+    else:
+        from projector.models.tiny_family import build_tiny_family
+
+        print(build_tiny_family(args.model_type, args.out_dir, seed=args.seed))
     return 0

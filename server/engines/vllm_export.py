@@ -27,8 +27,10 @@ def export_language_model(backbone: Backbone, cache_dir: Path) -> Path:
     text_config = backbone.model.config.get_text_config()
     with torch.device("meta"):
         lm = AutoModelForCausalLM.from_config(text_config, dtype=backbone.dtype)
-    lm.model.load_state_dict(backbone.model.model.language_model.state_dict(), assign=True)
-    lm.lm_head.load_state_dict(backbone.model.lm_head.state_dict(), assign=True)
+    # The decoder's attribute path differs by architecture (Idefics3: model.text_model); the backbone
+    # knows where it is. strict: a decoder whose weights do not all land is not this text config's.
+    lm.model.load_state_dict(backbone.decoder.state_dict(), assign=True, strict=True)
+    lm.lm_head.load_state_dict(backbone.lm_head.state_dict(), assign=True, strict=True)
     lm.generation_config = backbone.model.generation_config
     tmp = out_dir.with_name(out_dir.name + ".partial")
     lm.save_pretrained(tmp)

@@ -5,14 +5,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from projector.backbone import Backbone
+from projector.backbone import Backbone, BackboneError, load_backbone
 from projector.encoder import AimEncoder
 from projector.projector import Projector, ProjectorMismatchError
 from tests.helpers import decode_png, png_b64
 
+# Tokens a 64 x 64 image occupies in each tiny build's prompt: the real geometry of each architecture.
+IMAGE_TOKENS_64PX = {
+    "llava": 16,  # 64 px / patch 16: 4 x 4
+    "llava_next": 24,  # base view 2 x 2 + a 2 x 2 grid of 2 x 2 tiles (4 x 4) + one newline per row (4)
+    "llava_onevision": 24,  # the same any-resolution layout with SigLIP
+    # 2 x 2 tiles and the global view, 4 tokens each after pixel shuffle, every view framed by
+    # <fake_token_around_image> and a <row_i_col_j> / <global-img> marker, a newline after each row
+    "idefics3": 4 * (1 + 1 + 4) + 2 + (1 + 1 + 1 + 4 + 1),
+}
 
-def test_query_embedding_reproduces_the_models_own_generate(backbone: Backbone):
-    """Zero-shot: our spliced embeddings give exactly what LLaVA's generate gives from pixels."""
+
+def test_query_embedding_reproduces_the_models_own_generate(any_backbone: Backbone):
+    """Zero-shot: our spliced embeddings give exactly what the model's generate gives from pixels."""
+    backbone = any_backbone
     image = decode_png(png_b64("green", (80, 60), "square"))
     text = "What shape is in the image?"
     inputs = backbone.processor(
@@ -30,18 +41,27 @@ def test_query_embedding_reproduces_the_models_own_generate(backbone: Backbone):
         do_sample=False,
     )[0]
     assert got.tolist() == expected.tolist()
-    assert q.image_tokens == 16
-    assert q.prefix.shape[0] == 1  # BOS goes before the demonstrations
+    assert q.num_tokens == inputs["input_ids"].shape[1]
+    # BOS goes before the demonstrations; Qwen2's tokenizer (LLaVA-OneVision) writes none
+    assert q.prefix.shape[0] == (0 if backbone.model.config.model_type == "llava_onevision" else 1)
 
 
-def test_demonstration_keeps_one_hidden_state_per_text_token(backbone: Backbone):
+def test_demonstration_keeps_one_hidden_state_per_text_token(any_backbone: Backbone):
+    backbone = any_backbone
     image = decode_png(png_b64("red"))
     text = "A red circle on a white background."
     enc = backbone.encode_demonstration(image, text)
     text_ids = backbone.tokenizer("\n" + text, add_special_tokens=False).input_ids
+    image_tokens = IMAGE_TOKENS_64PX[backbone.model.config.model_type]
     assert enc.hidden_states.shape == (len(text_ids), backbone.hidden_size)
-    assert enc.image_tokens == 16
-    assert enc.raw_tokens == 16 + len(text_ids)
+    assert enc.image_tokens == image_tokens
+    assert enc.raw_tokens == image_tokens + len(text_ids)
+    # the kept rows are the text's: the last layer at the prompt's last positions
+    inputs = backbone.processor(
+        images=image, text=backbone.templates.demonstration.format(text=text), return_tensors="pt"
+    )
+    last = backbone.model.model(**inputs, output_hidden_states=True).hidden_states[-1][0]
+    assert torch.equal(enc.hidden_states, last[-len(text_ids) :])
     # the hidden states saw the image: another image changes them
     other = backbone.encode_demonstration(decode_png(png_b64("blue")), text)
     assert not torch.allclose(enc.hidden_states, other.hidden_states)
@@ -115,3 +135,15 @@ def test_an_untrained_projector_has_the_same_digest_at_every_start():
     for kind in ("linear", "mlp"):
         digests = {Projector.identity(backbone="b", hidden_size=8, kind=kind).digest() for _ in range(3)}
         assert len(digests) == 1, kind
+
+
+@pytest.mark.parametrize("config_class", ["Qwen2VLConfig", "Qwen2_5_VLConfig"])
+def test_multimodal_rope_models_are_refused_with_the_reason(tmp_path: Path, config_class: str):
+    """Refused before any weights load, saying why (bench/qwen2_vl_mrope.py measures it)."""
+    import transformers
+
+    getattr(transformers, config_class)().save_pretrained(tmp_path)
+    with pytest.raises(
+        BackboneError, match=r"cannot serve: multimodal RoPE \(M-RoPE\) gives each image token"
+    ):
+        load_backbone(tmp_path)
