@@ -71,7 +71,8 @@ def significance(
     records: list[dict], settings: Sequence[str], shots: Sequence[int], classification: bool
 ) -> list[dict]:
     """Paired sign tests, per k: each AIM setting against raw ICL, zero-shot and the identity projector
-    under the same selection policy; and each setting under each policy against itself under ``first``.
+    under the same selection policy; each setting under each policy against itself under ``first``; and
+    (k > 1) under ``similar-last`` against ``similar-first``.
     On per-item task score, on agreement with raw ICL and (closed tasks) on label copying."""
     by = {(r["setting"], r.get("select"), r["k"]): r for r in records}
     measures = ["score", "agreement"] + (["label_copy"] if classification else [])
@@ -92,6 +93,9 @@ def significance(
             for a in settings:
                 if select != BASELINE and (a, select, k) in by and (a, BASELINE, k) in by:
                     pairs.append((k, (a, select), (a, BASELINE)))
+        for a in settings:  # the order of similar demonstrations: most similar last against first
+            if k > 1 and (a, "similar-last", k) in by and (a, "similar-first", k) in by:
+                pairs.append((k, (a, "similar-last"), (a, "similar-first")))
     tests = []
     for k, (a, a_select), (b, b_select) in pairs:
         for measure in measures:

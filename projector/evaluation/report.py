@@ -138,3 +138,57 @@ def plot(summary: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def policy_comparison(summaries: list[dict], setting: str = "aim") -> str:
+    """One table across ``--select`` runs (one per task): per task and k, each policy's accuracy, label
+    copy and agreement with raw ICL for ``setting``, raw ICL's accuracy beside it; ``*`` marks a task
+    score that differs from ``first``'s at p < 0.05 (paired sign test); the last column tests the order
+    of similar demonstrations (most similar last against first: items where last did better / worse, p)."""
+    policies = list(dict.fromkeys(p for s in summaries for p in s.get("selection_policies") or []))
+    head = ["task (n)", "k", "measure", *policies, "similar: last vs first"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    for s in summaries:
+        rows = {(r["setting"], r.get("select"), r["k"]): r for r in s["results"]}
+        p_first = {(t["a"], t["a_select"], t["k"]): t["p"] for t in s.get("significance") or []
+                   if t["measure"] == "score" and t.get("b_select") == "first" and t["a"] == t["b"]}  # fmt: skip
+        order = {(t["a"], t["measure"], t["k"]): t for t in s.get("significance") or []
+                 if t.get("b_select") == "similar-first" and t["a"] == t["b"]}  # fmt: skip
+        measure_of = {"accuracy": "score", "label_copy_rate": "label_copy", "agreement": "agreement"}
+        measures = [
+            (setting, "accuracy", label(setting) + " accuracy"),
+            ("raw-icl", "accuracy", "raw ICL accuracy"),
+        ]
+        if s.get("task", {}).get("classification"):
+            measures.append((setting, "label_copy_rate", "label copy"))
+        measures.append((setting, "agreement", "agreement with raw ICL"))
+        for k in [k for k in s["shots"] if k > 0]:
+            for name, key, title in measures:
+                cells = []
+                for policy in policies:
+                    row = rows.get((name, policy, k))
+                    mark = "*" if key == "accuracy" and p_first.get((name, policy, k), 1.0) < 0.05 else ""
+                    cells.append("–" if row is None else _f(row.get(key), 2) + mark)
+                t = order.get((name, measure_of[key], k))
+                cells.append(f"{t['a_only']}/{t['b_only']}, p {_p(t['p'])}" if t else "–")
+                lines.append(
+                    f"| {s['benchmark']} ({s['n_test']}) | {k} | {title} | " + " | ".join(cells) + " |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m projector.evaluation.report RESULTS.json ...``: the policy table of ``--select`` runs."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m projector.evaluation.report", description=main.__doc__)
+    p.add_argument("results", nargs="+", type=Path, help="results.json of aim eval --select runs")
+    p.add_argument("--setting", default="aim")
+    args = p.parse_args(argv)
+    print(policy_comparison([json.loads(r.read_text()) for r in args.results], args.setting), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

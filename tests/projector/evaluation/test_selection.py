@@ -12,6 +12,7 @@ import torch
 
 from projector.backbone import Backbone
 from projector.evaluation.config import EvalConfig, EvaluationError
+from projector.evaluation.metrics import significance
 from projector.evaluation.runner import run
 from projector.evaluation.selection import choose, parse_policies
 from projector.evaluation.tasks import TASKS
@@ -101,3 +102,20 @@ def test_a_selection_run_shows_each_policy_its_own_demonstrations(
     assert (
         "| setting | k | select | accuracy | label copy | agreement with raw ICL | p vs first (score) |" in md
     )
+
+
+def test_each_policy_is_tested_against_first_and_the_similar_orders_against_each_other() -> None:
+    def rec(setting: str, select: str | None, score: list[float]) -> dict:
+        return {"setting": setting, "select": select, "k": 2, "score": score, "agreement": [0.0] * 4,
+                "label_copy": [0.0] * 4}  # fmt: skip
+
+    records = [rec("zero-shot", None, [0, 0, 0, 0]), rec("aim", "first", [0, 0, 0, 1]),
+               rec("aim", "similar-last", [1, 1, 1, 0]), rec("aim", "similar-first", [1, 0, 0, 0])]  # fmt: skip
+    tests = {(t["a_select"], t["b"], t["b_select"], t["measure"]): (t["a_only"], t["b_only"], t["p"])
+             for t in significance(records, ["zero-shot", "aim"], [2], classification=True)}  # fmt: skip
+    assert tests[("similar-last", "aim", "first", "score")] == (3, 1, 0.625)
+    assert tests[("similar-first", "aim", "first", "score")] == (1, 1, 1.0)
+    assert tests[("similar-last", "aim", "similar-first", "score")] == (2, 0, 0.5)
+    assert tests[("similar-last", "zero-shot", None, "score")] == (3, 0, 0.25)  # zero-shot has no policy
+    assert ("first", "aim", "similar-last", "score") not in tests  # first is the baseline, not tested
+    assert len({k for k in tests if k[3] == "score"}) == 6  # 3 policies x zero-shot, 2 x first, 1 order
