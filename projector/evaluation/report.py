@@ -141,13 +141,16 @@ def plot(summary: dict, path: Path) -> None:
 
 
 def policy_comparison(summaries: list[dict], setting: str = "aim") -> str:
-    """One table across ``--select`` runs (one per task): per task and k, each policy's accuracy, label
-    copy and agreement with raw ICL for ``setting``, raw ICL's accuracy beside it; ``*`` marks a task
-    score that differs from ``first``'s at p < 0.05 (paired sign test); the last column tests the order
-    of similar demonstrations (most similar last against first: items where last did better / worse, p)."""
+    """One table across ``--select`` runs (one per task): per task and k, each policy's accuracy for
+    ``setting`` and raw ICL, label copy (closed tasks) and ``setting``'s fidelity to raw ICL under the
+    same policy (answer agreement on closed tasks; KL(raw ‖ setting) on open ones, where whole answers
+    rarely match); ``*``: the task score differs from ``first``'s at p < 0.05 (paired sign test). The
+    last column tests the order of similar demonstrations: items where most-similar-last did better /
+    worse than most-similar-first, and p (task score, label copy and agreement only)."""
     policies = list(dict.fromkeys(p for s in summaries for p in s.get("selection_policies") or []))
     head = ["task (n)", "k", "measure", *policies, "similar: last vs first"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    name = label(setting).split(" (")[0] if setting.startswith("aim") else label(setting)
     for s in summaries:
         rows = {(r["setting"], r.get("select"), r["k"]): r for r in s["results"]}
         p_first = {(t["a"], t["a_select"], t["k"]): t["p"] for t in s.get("significance") or []
@@ -155,21 +158,23 @@ def policy_comparison(summaries: list[dict], setting: str = "aim") -> str:
         order = {(t["a"], t["measure"], t["k"]): t for t in s.get("significance") or []
                  if t.get("b_select") == "similar-first" and t["a"] == t["b"]}  # fmt: skip
         measure_of = {"accuracy": "score", "label_copy_rate": "label_copy", "agreement": "agreement"}
-        measures = [
-            (setting, "accuracy", label(setting) + " accuracy"),
-            ("raw-icl", "accuracy", "raw ICL accuracy"),
-        ]
+        measures = [(setting, "accuracy", f"{name} accuracy"), ("raw-icl", "accuracy", "raw ICL accuracy")]
         if s.get("task", {}).get("classification"):
-            measures.append((setting, "label_copy_rate", "label copy"))
-        measures.append((setting, "agreement", "agreement with raw ICL"))
+            measures += [(setting, "label_copy_rate", f"{name} label copy"),
+                         ("raw-icl", "label_copy_rate", "raw ICL label copy"),
+                         (setting, "agreement", f"{name} agreement with raw ICL")]  # fmt: skip
+        else:
+            measures.append((setting, "kl", f"{name} KL(raw ‖ {name})"))
         for k in [k for k in s["shots"] if k > 0]:
-            for name, key, title in measures:
+            for who, key, title in measures:
+                found = [rows.get((who, policy, k)) for policy in policies]
+                if not any(found):
+                    continue  # not measured (a run stopped before this k)
                 cells = []
-                for policy in policies:
-                    row = rows.get((name, policy, k))
-                    mark = "*" if key == "accuracy" and p_first.get((name, policy, k), 1.0) < 0.05 else ""
+                for policy, row in zip(policies, found, strict=True):
+                    mark = "*" if key == "accuracy" and p_first.get((who, policy, k), 1.0) < 0.05 else ""
                     cells.append("–" if row is None else _f(row.get(key), 2) + mark)
-                t = order.get((name, measure_of[key], k))
+                t = order.get((who, measure_of.get(key, ""), k))
                 cells.append(f"{t['a_only']}/{t['b_only']}, p {_p(t['p'])}" if t else "–")
                 lines.append(
                     f"| {s['benchmark']} ({s['n_test']}) | {k} | {title} | " + " | ".join(cells) + " |"
