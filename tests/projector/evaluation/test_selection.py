@@ -13,6 +13,7 @@ import torch
 from projector.backbone import Backbone
 from projector.evaluation.config import EvalConfig, EvaluationError
 from projector.evaluation.metrics import significance
+from projector.evaluation.report import policy_comparison
 from projector.evaluation.runner import run
 from projector.evaluation.selection import choose, parse_policies
 from projector.evaluation.tasks import TASKS
@@ -102,6 +103,15 @@ def test_a_selection_run_shows_each_policy_its_own_demonstrations(
     assert (
         "| setting | k | select | accuracy | label copy | agreement with raw ICL | p vs first (score) |" in md
     )
+    table = policy_comparison([summary], "aim-identity").splitlines()
+    assert table[0] == "| task (n) | k | measure | " + " | ".join(policies) + " | similar: last vs first |"
+    copy = next(line for line in table if line.startswith("| binding (2) | 2 | raw ICL label copy |"))
+    raw = {
+        r["select"]: r["label_copy_rate"]
+        for r in summary["results"]
+        if r["setting"] == "raw-icl" and r["k"] == 2
+    }
+    assert copy.split(" | ")[3:7] == [f"{raw[p]:.2f}" for p in policies]
 
 
 def test_each_policy_is_tested_against_first_and_the_similar_orders_against_each_other() -> None:
