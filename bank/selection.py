@@ -2,9 +2,10 @@
 
 Each demonstration carries an image embedding (``bank.codec``, format 2). For each set an in-process
 index keeps the members' embeddings as one L2-normalised matrix; ranking is one matrix-vector product
-and a top-k. The index is rebuilt only when the namespace's set version moves (every change to any of
-its sets moves it, on every replica, since the version lives in Redis), so a steady set costs one
-GET per query. Members registered before embeddings existed rank after every member that has one.
+and a top-k (``projector.selection``: the same ranking and order ``aim eval --select`` measures). The
+index is rebuilt only when the namespace's set version moves (every change to any of its sets moves
+it, on every replica, since the version lives in Redis), so a steady set costs one GET per query.
+Members registered before embeddings existed rank after every member that has one.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from bank.store import DemonstrationBank
+from projector.selection import SIMILAR_ORDER, normalise_rows, prompt_order, rank_by_similarity
 
 
 @dataclass(frozen=True)
@@ -34,19 +36,11 @@ class SimilarityIndex:
     async def most_similar(
         self, bank: DemonstrationBank, set_name: str, query: torch.Tensor, k: int
     ) -> list[str]:
-        """Ids of the ``k`` members most similar to ``query``, least similar first: the most similar
-        demonstration ends up last, next to the query it resembles. Ties keep registration order."""
+        """Ids of the ``k`` members most similar to ``query``, in prompt order (``SIMILAR_ORDER``: the
+        most similar last, next to the query it resembles). Ties keep registration order."""
         entry = await self._entry(bank, set_name)
-        q = torch.nn.functional.normalize(query.float().flatten(), dim=0)
-        if q.shape[0] != entry.matrix.shape[1]:
-            raise ValueError(
-                f"query embedding has {q.shape[0]} dimensions, the set's have {entry.matrix.shape[1]}"
-            )
-        scores = entry.matrix @ q
-        scores[~entry.has_embedding] = float("-inf")
-        # A stable descending sort keeps registration order among equal scores (deterministic).
-        order = torch.sort(scores, descending=True, stable=True).indices[:k]
-        return [entry.ids[i] for i in reversed(order.tolist())]
+        ranked = rank_by_similarity(entry.matrix, query, k, entry.has_embedding)
+        return [entry.ids[i] for i in prompt_order(ranked, SIMILAR_ORDER)]
 
     async def _entry(self, bank: DemonstrationBank, set_name: str) -> _Entry:
         key = bank.prefix + set_name
@@ -60,7 +54,7 @@ class SimilarityIndex:
         ids = [i for i in ids if i in embeddings]  # deleted meanwhile: the next version drops them anyway
         dim = next((e.shape[0] for e in embeddings.values() if e is not None), 1)
         rows = [embeddings[i] if embeddings[i] is not None else torch.zeros(dim) for i in ids]
-        matrix = torch.nn.functional.normalize(torch.stack(rows), dim=1) if rows else torch.zeros(0, dim)
+        matrix = normalise_rows(torch.stack(rows)) if rows else torch.zeros(0, dim)
         has = torch.tensor([embeddings[i] is not None for i in ids], dtype=torch.bool)
         entry = _Entry(version, ids, matrix, has)
         self._entries[key] = entry

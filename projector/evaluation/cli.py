@@ -2,6 +2,8 @@
 
 aim eval --model DIR --projector CKPT --benchmark easy-vqa --n-test 200 --out runs/eval
 aim eval --model DIR --projector CKPT --benchmark binding --n-test 100 --out runs/bind --record-into CKPT
+aim eval --model DIR --projector CKPT --benchmark binding --shots 1,2,4 --select first,random,similar \
+    --candidates 12 --out runs/select-binding
 """
 
 from __future__ import annotations
@@ -59,6 +61,18 @@ def parse_args(argv: list[str] | None) -> EvalConfig:
         metavar="CKPT",
         help="add this run's fidelity figures to CKPT's training.json (CKPT: --projector or an --also path); "
         "GET /ready shows them",
+    )
+    p.add_argument(
+        "--select",
+        default="first",
+        help="demonstration selection policies to compare, comma-separated: first, random, similar "
+        "(the server's order), similar-last, similar-first",
+    )
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=0,
+        help="demonstrations each query's policies choose from (must exceed the largest k with --select)",
     )
     return EvalConfig(**vars(p.parse_args(argv)))
 

@@ -36,6 +36,10 @@ class EvalConfig:
     model_cache: Path = field(default_factory=lambda: DEFAULT_MODEL_CACHE)
     quiet: bool = False
     record_into: Path | None = None  # write the fidelity figures into this checkpoint's training.json
+    # Selection policies compared (projector.evaluation.selection) and each query's candidates they choose
+    # from (0: the largest k, i.e. nothing to choose).
+    select: str = "first"
+    candidates: int = 0
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -67,6 +71,26 @@ class EvalConfig:
             raise EvaluationError(
                 f"--shots takes comma-separated whole numbers, got {self.shots!r}"
             ) from None
+
+        from projector.evaluation.selection import BASELINE, parse_policies
+
+        try:
+            policies = parse_policies(self.select)
+        except ValueError as exc:
+            raise EvaluationError(f"--select: {exc}") from None
+        if policies != [BASELINE] and self.candidates <= max(self.shot_counts):
+            raise EvaluationError(
+                f"--select {self.select} needs --candidates larger than the largest k "
+                f"({max(self.shot_counts)}): with no more candidates than shown, every policy shows the same ones"
+            )
+        if self.record_into is not None and policies != [BASELINE]:
+            raise EvaluationError("--record-into records the 'first' policy only; run it without --select")
+
+    @property
+    def policies(self) -> list[str]:
+        from projector.evaluation.selection import parse_policies
+
+        return parse_policies(self.select)
 
     @property
     def setting_names(self) -> list[str]:

@@ -1,5 +1,5 @@
 """What ``aim eval`` scores with: normalised exact match and unigram F1 (SQuAD-style), the label-copy
-rate, and the exact sign test for paired comparisons."""
+rate, the exact sign test for paired comparisons, and which pairs of settings a run compares."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import math
 import re
 import string
 from collections.abc import Sequence
+
+from projector.evaluation.selection import BASELINE
+
+AIM_BASELINES = ("raw-icl", "zero-shot", "aim-identity")  # what each AIM setting is tested against
 
 # -- normalised exact match (SQuAD-style) ---------------------------------------------------------
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -61,3 +65,44 @@ def paired(a: Sequence[float], b: Sequence[float]) -> tuple[int, int, float]:
     a_only = sum(x > y for x, y in zip(a, b, strict=True))
     b_only = sum(y > x for x, y in zip(a, b, strict=True))
     return a_only, b_only, sign_test(a_only, b_only)
+
+
+def significance(
+    records: list[dict], settings: Sequence[str], shots: Sequence[int], classification: bool
+) -> list[dict]:
+    """Paired sign tests, per k: each AIM setting against raw ICL, zero-shot and the identity projector
+    under the same selection policy; each setting under each policy against itself under ``first``; and
+    (k > 1) under ``similar-last`` against ``similar-first``.
+    On per-item task score, on agreement with raw ICL and (closed tasks) on label copying."""
+    by = {(r["setting"], r.get("select"), r["k"]): r for r in records}
+    measures = ["score", "agreement"] + (["label_copy"] if classification else [])
+    policies = list(dict.fromkeys(r.get("select") for r in records if r.get("select") is not None))
+    pairs = []  # ((setting, select), (setting, select)) at one k
+    for k in shots:
+        if k == 0:
+            continue
+        for select in policies:
+            for a in settings:
+                if not a.startswith("aim") or (a, select, k) not in by:
+                    continue
+                for b in AIM_BASELINES:
+                    b_select = None if b == "zero-shot" else select  # zero-shot shows no demonstrations
+                    if b != a and (b, b_select, k) in by:
+                        pairs.append((k, (a, select), (b, b_select)))
+        for select in policies:
+            for a in settings:
+                if select != BASELINE and (a, select, k) in by and (a, BASELINE, k) in by:
+                    pairs.append((k, (a, select), (a, BASELINE)))
+        for a in settings:  # the order of similar demonstrations: most similar last against first
+            if k > 1 and (a, "similar-last", k) in by and (a, "similar-first", k) in by:
+                pairs.append((k, (a, "similar-last"), (a, "similar-first")))
+    tests = []
+    for k, (a, a_select), (b, b_select) in pairs:
+        for measure in measures:
+            if measure == "agreement" and "raw-icl" in (a, b):
+                continue  # raw ICL agrees with itself
+            x, y = by[(a, a_select, k)][measure], by[(b, b_select, k)][measure]
+            a_only, b_only, p = paired([float(v) for v in x], [float(v) for v in y])
+            tests.append({"k": k, "a": a, "a_select": a_select, "b": b, "b_select": b_select,
+                          "measure": measure, "a_only": a_only, "b_only": b_only, "p": p})  # fmt: skip
+    return tests

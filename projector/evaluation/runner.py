@@ -1,8 +1,10 @@
 """Few-shot evaluation and fidelity: zero-shot, raw multimodal ICL, AIM (trained / identity) (``aim eval``).
 
 For each k in ``--shots`` and each setting, every test item gets the same k demonstrations (its
-task's first k: the k-shot set is a prefix of the (k+1)-shot one; ``projector.evaluation.tasks``),
-and the model answers greedily with transformers' ``generate(inputs_embeds=...)`` (no HTTP server):
+task's first k: the k-shot set is a prefix of the (k+1)-shot one; ``projector.evaluation.tasks``; with
+``--select``, the k that each selection policy picks from the item's ``--candidates``, every setting
+seeing the same ones: ``projector.evaluation.selection``), and the model answers greedily with
+transformers' ``generate(inputs_embeds=...)`` (no HTTP server):
 
 - ``zero-shot``: ``[query prefix] + [query body]``; the same answer at every k, reported at every k so
   its fidelity and label-copy rate are a baseline (what ignoring the demonstrations gives);
@@ -13,19 +15,20 @@ and the model answers greedily with transformers' ``generate(inputs_embeds=...)`
 - ``aim-identity``: the same with the untrained, identity-initialised projector.
 
 Per (setting, k): task accuracy (normalised exact match, or unigram F1 for open-ended tasks), and,
-against raw ICL at the same k (``projector.evaluation.fidelity``): answer agreement (normalised exact
-match with raw ICL's answer), first-answer-token top-1 agreement and mean KL(raw ‖ setting) over the
-answer tokens, teacher-forced on raw ICL's own greedy answer; the label-copy rate (the answer is one
-of the shown demonstrations' labels) for closed tasks; mean prompt tokens and latency. Paired sign
-tests compare settings item by item. Fused tokens depend only on (backbone, projector,
-demonstration), so, as in the server's bank, they are computed once per demonstration before timing;
-a setting's latency is the per-item time to build its prompt embeddings (for raw ICL the whole
-interleaved prompt, demonstration images included) plus generation. AIM prompts are built exactly as
-the server builds them: fused tokens and query embeddings from ``projector.encoder.AimEncoder`` (in
-the backbone's dtype), laid out by ``projector.prompt.assemble_prompt`` (``aim_prompt`` below).
-Writes ``results.json``, ``results.md``, ``results.png`` and ``predictions.jsonl`` to ``--out``
-(``projector.evaluation.report``); ``--record-into CKPT`` adds the fidelity figures to the checkpoint's
-``training.json``.
+against raw ICL at the same k (``projector.evaluation.fidelity``): answer agreement (normalised
+exact match with raw ICL's answer), first-answer-token top-1 agreement and mean KL(raw ‖ setting)
+over the answer tokens, teacher-forced on raw ICL's own greedy answer; the label-copy rate (the
+answer is one of the shown demonstrations' labels) for closed tasks; mean prompt tokens and latency.
+Paired sign tests compare settings item by item, and each selection policy with ``first``. Fused
+tokens depend only on (backbone, projector, demonstration), so, as in the server's bank, they are
+computed once per demonstration before timing; a setting's latency is the per-item time to build its
+prompt embeddings (for raw ICL the whole interleaved prompt, demonstration images included) plus
+generation. AIM prompts are built exactly as the server builds them: fused tokens and query
+embeddings from ``projector.encoder.AimEncoder`` (in the backbone's dtype), laid out by
+``projector.prompt.assemble_prompt`` (``aim_prompt`` below). Writes ``results.json``,
+``results.md``, ``results.png`` and ``predictions.jsonl`` to ``--out``
+(``projector.evaluation.report``); ``--record-into CKPT`` adds the fidelity figures to the
+checkpoint's ``training.json``.
 """
 
 from __future__ import annotations
@@ -45,8 +48,9 @@ from projector.backbone import Backbone, load_backbone
 from projector.encoder import AimEncoder
 from projector.evaluation.config import EvalConfig, EvaluationError
 from projector.evaluation.fidelity import answer_logits, first_token_agrees, kl_divergence
-from projector.evaluation.metrics import exact_match, is_label_copy, normalize_answer, paired, token_f1
+from projector.evaluation.metrics import exact_match, is_label_copy, normalize_answer, significance, token_f1
 from projector.evaluation.report import markdown_table, plot
+from projector.evaluation.selection import BASELINE, needs_embeddings, select_demonstrations
 from projector.evaluation.tasks import TASKS, EvalItem, check_split
 from projector.models import resolve_model
 from projector.projector import Projector, record_fidelity
@@ -129,7 +133,6 @@ class Evaluator:
 
 
 # -- one run --------------------------------------------------------------------------------------
-AIM_BASELINES = ("raw-icl", "zero-shot", "aim-identity")  # what each AIM setting is tested against
 
 
 def _score(task_scoring: str, prediction: str, reference: str) -> float:
@@ -143,36 +146,9 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(kept) / len(kept) if kept else None
 
 
-def significance(
-    records: list[dict], settings: Sequence[str], shots: Sequence[int], classification: bool
-) -> list[dict]:
-    """Paired sign tests, per k, of each AIM setting against raw ICL, zero-shot and the identity projector:
-    on per-item task score, on agreement with raw ICL and (closed tasks) on label copying."""
-    by = {(r["setting"], r["k"]): r for r in records}
-    measures = ["score", "agreement"] + (["label_copy"] if classification else [])
-    tests = []
-    for k in shots:
-        if k == 0:
-            continue
-        for a in settings:
-            if not a.startswith("aim") or (a, k) not in by:
-                continue
-            for b in AIM_BASELINES:
-                if b == a or (b, k) not in by:
-                    continue
-                for measure in measures:
-                    if b == "raw-icl" and measure == "agreement":
-                        continue  # raw ICL agrees with itself
-                    x, y = by[(a, k)][measure], by[(b, k)][measure]
-                    a_only, b_only, p = paired([float(v) for v in x], [float(v) for v in y])
-                    tests.append({"k": k, "a": a, "b": b, "measure": measure, "a_only": a_only,
-                                  "b_only": b_only, "p": p})  # fmt: skip
-    return tests
-
-
 def fidelity_figures(summary: dict, setting: str) -> dict:
     """What ``--record-into`` writes for one setting: per k, its fidelity and accuracy beside raw ICL's."""
-    rows = {(r["setting"], r["k"]): r for r in summary["results"]}
+    rows = {(r["setting"], r["k"]): r for r in summary["results"] if r.get("select") in (None, BASELINE)}
     per_k = {}
     for k in summary["shots"]:
         row = rows.get((setting, k))
@@ -242,22 +218,36 @@ def run(config: EvalConfig) -> dict:
     encoders = {name: AimEncoder(backbone, p, dtype=backbone.dtype) for name, p in projectors.items()}
     query_encoder = AimEncoder(backbone, identity, dtype=backbone.dtype)  # queries do not use the projector
 
-    max_k = max(shots)
-    items: list[EvalItem] = task.build(config.n_test, max_k, config.seed, config.pool)
+    policies = config.policies
+    candidates = max(max(shots), config.candidates)
+    items: list[EvalItem] = task.build(config.n_test, candidates, config.seed, config.pool)
     ev = Evaluator(backbone, max_new_tokens=max_new_tokens)
 
     # Fused tokens per distinct demonstration and projector: the bank's job, done before anything is timed.
+    # The same encoding gives the image embedding the server would store for per-query selection.
     fused: dict[str, dict[str, torch.Tensor]] = {name: {} for name in encoders}
+    image_embeddings: dict[str, torch.Tensor | None] = {}
     encode_seconds: dict[str, float] = {}
-    distinct = {d.key: d for item in items for d in item.demonstrations[:max_k]}
-    for name, encoder in encoders.items():
+    distinct = {d.key: d for item in items for d in item.demonstrations[:candidates]}
+    embedders = dict(encoders) or ({"query": query_encoder} if needs_embeddings(policies) else {})
+    for name, encoder in embedders.items():
         t0 = time.perf_counter()
         for key, demo in distinct.items():
-            fused[name][key] = encoder.encode_demonstration(ev.image(demo), demo.text).fused_tokens
+            encoded = encoder.encode_demonstration(ev.image(demo), demo.text)
+            if name in fused:
+                fused[name][key] = encoded.fused_tokens
+            image_embeddings[key] = encoded.image_embedding
         encode_seconds[name] = time.perf_counter() - t0
         log.info(
             "%s: fused tokens for %d demonstrations in %.1f s", name, len(distinct), encode_seconds[name]
         )
+
+    def query_embedding(item: EvalItem) -> torch.Tensor | None:
+        return query_encoder.embed_query(ev.image(item.query), item.query.text).image_embedding
+
+    picks = select_demonstrations(
+        items, policies, shots, candidates, config.seed, image_embeddings, query_embedding
+    )
 
     answers = [item.answer for item in items]
     majority = max(set(answers), key=answers.count)
@@ -277,6 +267,8 @@ def run(config: EvalConfig) -> dict:
             "device": str(backbone.device),
             "n_test": len(items),
             "pool": config.pool,
+            "candidates": candidates,
+            "selection_policies": policies,
             "seed": config.seed,
             "shots": shots,
             "settings": settings,
@@ -296,9 +288,9 @@ def run(config: EvalConfig) -> dict:
 
     from tqdm import tqdm
 
-    def prompt_for(setting: str, item: EvalItem, k: int) -> torch.Tensor:
+    def prompt_for(setting: str, item: EvalItem, k: int, chosen: Sequence[int]) -> torch.Tensor:
         image = ev.image(item.query)
-        demos = item.demonstrations[:k]
+        demos = [item.demonstrations[j] for j in chosen]
         if setting == "zero-shot" or k == 0:
             return aim_prompt(query_encoder, image, item.query.text, [])
         if setting == "raw-icl":
@@ -306,75 +298,91 @@ def run(config: EvalConfig) -> dict:
             return assemble_prompt(q, [])
         return aim_prompt(encoders[setting], image, item.query.text, [fused[setting][d.key] for d in demos])
 
-    zero_shot: dict[int, tuple[Generation, float, int]] = {}  # item -> its one zero-shot answer
+    # Deterministic greedy answers: a prompt of the same demonstrations is answered (and measured against
+    # the same teacher) once, whichever policy or k chose them; zero-shot once per item.
+    answered: dict[tuple, tuple[Generation, float, int]] = {}
+    measured: dict[tuple, tuple[float, float]] = {}  # (setting, item, chosen, teacher's) -> (first, kl)
     others = [s for s in settings if s not in ("zero-shot", "raw-icl")]
     order = (["raw-icl"] if "raw-icl" in settings else []) + (
         ["zero-shot"] if "zero-shot" in settings else []
     )
     for k in shots:
-        teacher: dict[int, Generation] = {}
-        for setting in (order + others) if k > 0 else ["zero-shot"]:
-            rec = {"setting": setting, "k": k, "score": [], "agreement": [], "first_token": [], "kl": [],
-                   "label_copy": [], "tokens": [], "seconds": []}  # fmt: skip
-            by_type: dict[str, list[float]] = {}
-            desc = f"{setting} k={k}"
-            for i, item in enumerate(tqdm(items, desc=desc, disable=config.quiet, mininterval=5.0)):
-                if setting == "zero-shot" and i in zero_shot:
-                    gen, seconds, n_tokens = zero_shot[i]
+        for select in policies if k > 0 else [None]:
+            teacher: dict[int, tuple[Generation, tuple[str, ...]]] = {}
+            runs = (
+                [s for s in order + others if s != "zero-shot" or select == policies[0]]
+                if k
+                else ["zero-shot"]
+            )
+            for setting in runs:
+                own_select = None if setting == "zero-shot" else select  # zero-shot shows no demonstrations
+                rec = {"setting": setting, "select": own_select, "k": k, "score": [], "agreement": [],
+                       "first_token": [], "kl": [], "label_copy": [], "tokens": [], "seconds": []}  # fmt: skip
+                by_type: dict[str, list[float]] = {}
+                desc = f"{setting} {own_select or ''} k={k}"
+                for i, item in enumerate(tqdm(items, desc=desc, disable=config.quiet, mininterval=5.0)):
+                    chosen = picks[(select, k)][i] if own_select else []
+                    keys = tuple(item.demonstrations[j].key for j in chosen)
                     embeds = None
-                else:
-                    t0 = time.perf_counter()
-                    embeds = prompt_for(setting, item, k)
-                    gen = ev.generate(embeds)
-                    seconds, n_tokens = time.perf_counter() - t0, int(embeds.shape[0])
-                    if setting == "zero-shot":
-                        zero_shot[i] = (gen, seconds, n_tokens)
-                pred = first_line(gen.text)
-                score = _score(task.scoring, pred, item.answer)
-                agreement = first = kl = None
+                    if (setting, i, keys) not in answered:
+                        t0 = time.perf_counter()
+                        embeds = prompt_for(setting, item, k, chosen)
+                        gen = ev.generate(embeds)
+                        answered[(setting, i, keys)] = (gen, time.perf_counter() - t0, int(embeds.shape[0]))
+                    gen, seconds, n_tokens = answered[(setting, i, keys)]
+                    pred = first_line(gen.text)
+                    score = _score(task.scoring, pred, item.answer)
+                    agreement = first = kl = None
+                    if setting == "raw-icl":
+                        teacher[i] = (gen, keys)
+                    elif i in teacher:  # fidelity against raw ICL at this k, teacher-forced on its answer
+                        t, t_keys = teacher[i]
+                        agreement = float(normalize_answer(pred) == normalize_answer(first_line(t.text)))
+                        if (setting, i, keys, t_keys) not in measured:
+                            if embeds is None:
+                                embeds = prompt_for(setting, item, k, chosen)
+                            student = answer_logits(backbone, embeds, t.answer_ids)
+                            measured[(setting, i, keys, t_keys)] = (
+                                float(first_token_agrees(t.logits, student, ev.stop_ids)),
+                                kl_divergence(t.logits, student),
+                            )
+                        first, kl = measured[(setting, i, keys, t_keys)]
+                    shown = [item.labels[j] for j in (picks[(select, k)][i] if select else [])]
+                    copy = float(is_label_copy(pred, shown)) if task.classification and k > 0 else None
+                    for name, value in (("score", score), ("agreement", agreement), ("first_token", first),
+                                        ("kl", kl), ("label_copy", copy), ("tokens", n_tokens),
+                                        ("seconds", seconds)):  # fmt: skip
+                        rec[name].append(value)
+                    by_type.setdefault(item.qtype, []).append(score)
+                    predictions.append({"setting": setting, "select": own_select, "k": k, "item": i,
+                                        "question": item.query.text, "answer": item.answer, "chosen": chosen,
+                                        "prediction": pred, "raw": gen.text, "correct": score, "agreement": agreement,
+                                        "label_copy": copy, "kl": kl})  # fmt: skip
+                row = {
+                    "setting": setting,
+                    "select": own_select,
+                    "k": k,
+                    "n": len(items),
+                    "accuracy": _mean(rec["score"]),
+                    "agreement": 1.0 if setting == "raw-icl" else _mean(rec["agreement"]),
+                    "first_token_agreement": 1.0 if setting == "raw-icl" else _mean(rec["first_token"]),
+                    "kl": 0.0 if setting == "raw-icl" else _mean(rec["kl"]),
+                    "label_copy_rate": _mean(rec["label_copy"]),
+                    "prompt_tokens": _mean(rec["tokens"]),
+                    "latency_ms": 1000 * _mean(rec["seconds"]),
+                    "by_type": {t: sum(v) / len(v) for t, v in sorted(by_type.items())},
+                }
+                if k == 0:
+                    row["agreement"] = row["first_token_agreement"] = row["kl"] = None
+                results.append(row)
                 if setting == "raw-icl":
-                    teacher[i] = gen
-                elif i in teacher:  # fidelity against raw ICL at this k, teacher-forced on its answer
-                    t = teacher[i]
-                    agreement = float(normalize_answer(pred) == normalize_answer(first_line(t.text)))
-                    if embeds is None:
-                        embeds = prompt_for(setting, item, k)
-                    student = answer_logits(backbone, embeds, t.answer_ids)
-                    first = float(first_token_agrees(t.logits, student, ev.stop_ids))
-                    kl = kl_divergence(t.logits, student)
-                copy = float(is_label_copy(pred, item.labels[:k])) if task.classification and k > 0 else None
-                for name, value in (("score", score), ("agreement", agreement), ("first_token", first),
-                                    ("kl", kl), ("label_copy", copy), ("tokens", n_tokens),
-                                    ("seconds", seconds)):  # fmt: skip
-                    rec[name].append(value)
-                by_type.setdefault(item.qtype, []).append(score)
-                predictions.append({"setting": setting, "k": k, "question": item.query.text, "answer": item.answer,
-                                    "prediction": pred, "raw": gen.text, "correct": score, "agreement": agreement,
-                                    "label_copy": copy, "kl": kl})  # fmt: skip
-            row = {
-                "setting": setting,
-                "k": k,
-                "n": len(items),
-                "accuracy": _mean(rec["score"]),
-                "agreement": 1.0 if setting == "raw-icl" else _mean(rec["agreement"]),
-                "first_token_agreement": 1.0 if setting == "raw-icl" else _mean(rec["first_token"]),
-                "kl": 0.0 if setting == "raw-icl" else _mean(rec["kl"]),
-                "label_copy_rate": _mean(rec["label_copy"]),
-                "prompt_tokens": _mean(rec["tokens"]),
-                "latency_ms": 1000 * _mean(rec["seconds"]),
-                "by_type": {t: sum(v) / len(v) for t, v in sorted(by_type.items())},
-            }
-            if k == 0:
-                row["agreement"] = row["first_token_agreement"] = row["kl"] = None
-            results.append(row)
-            if setting == "raw-icl":
-                rec["agreement"] = [1.0] * len(items)
-            records.append({**rec, "agreement": [v if v is not None else 0.0 for v in rec["agreement"]],
-                            "label_copy": [v if v is not None else 0.0 for v in rec["label_copy"]]})  # fmt: skip
-            write(partial=True)
-            log.info("%s k=%d: accuracy %.3f, agreement %s, label copy %s, %.0f prompt tokens, %.0f ms",
-                     setting, k, row["accuracy"], row["agreement"], row["label_copy_rate"],
-                     row["prompt_tokens"], row["latency_ms"])  # fmt: skip
+                    rec["agreement"] = [1.0] * len(items)
+                records.append({**rec, "agreement": [v if v is not None else 0.0 for v in rec["agreement"]],
+                                "label_copy": [v if v is not None else 0.0 for v in rec["label_copy"]]})  # fmt: skip
+                write(partial=True)
+                log.info("%s %s k=%d: accuracy %.3f, agreement %s, label copy %s, %.0f prompt tokens, %.0f ms",
+                         setting, own_select or "", k, row["accuracy"], row["agreement"], row["label_copy_rate"],
+                         row["prompt_tokens"], row["latency_ms"])  # fmt: skip
 
     write(partial=False)
     plot(summary, out / "results.png")
