@@ -94,6 +94,7 @@ class Completion:
     finish_reason: str | None  # "stop" | "length" | "abort"
     demonstration_ids: list[str]
     usage: TokenUsage
+    engine_seconds: float = 0.0  # inside the engine: the rest of a request's time is the server's
 
 
 @dataclass(frozen=True)
@@ -288,6 +289,7 @@ class GenerateService:
             finish_reason=final.finish_reason,
             demonstration_ids=prepared.demonstration_ids,
             usage=usage,
+            engine_seconds=time.perf_counter() - started,
         )
 
     async def stream(self, prepared: PreparedRequest) -> AsyncIterator[CompletionDelta]:
