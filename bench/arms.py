@@ -82,10 +82,14 @@ def prepare(backbone: Backbone, pool: int, n_queries: int) -> Material:
     return m
 
 
-def prompts(m: Material, arm: str, k: int, c: int, rng: random.Random) -> list[torch.Tensor]:
+def prompts(
+    m: Material, arm: str, k: int, c: int, rng: random.Random, *, warm_up: bool = False
+) -> list[torch.Tensor]:
+    """The prompts of one run: queries 0..c-1, or (``warm_up``) the last query, which no run measures,
+    so that warming a shared prefix caches the demonstrations and not a measured query."""
     demos = m.fused if arm.startswith("aim") else m.raw
     out = []
-    for q in range(c):
+    for q in [len(m.queries) - 1] if warm_up else range(c):
         chosen = rng.sample(range(len(demos)), k) if arm.endswith("pool") else list(range(k))
         out.append(assemble_prompt(m.queries[q], [demos[i] for i in chosen]))
     return out
@@ -104,7 +108,7 @@ async def one(engine: VllmEngine, embeds: torch.Tensor, max_tokens: int) -> tupl
 
 async def run_arm(engine, m, decoder, arm, k, c, args, rng) -> Cell:
     if "shared" in arm:  # the set was served before: its prefix is in the cache
-        await one(engine, prompts(m, arm, k, 1, rng)[0], 1)
+        await one(engine, prompts(m, arm, k, 1, rng, warm_up=True)[0], 1)
     ttfts, rates, cached, total, tokens = [], [], 0, 0, []
     for _ in range(args.repeats):
         batch = prompts(m, arm, k, c, rng)
@@ -124,7 +128,7 @@ async def run_arm(engine, m, decoder, arm, k, c, args, rng) -> Cell:
 
 async def bench_decoder(name: str, backbone: Backbone, args) -> list[Cell]:
     t0 = time.perf_counter()
-    m = prepare(backbone, args.pool, max(args.concurrency))
+    m = prepare(backbone, args.pool, max(args.concurrency) + 1)  # + the warm-up query
     print(f"{name}: prepared {args.pool} demonstrations in {time.perf_counter() - t0:.0f} s", flush=True)
     cells: list[Cell] = []
     for apc in (False, True):
@@ -141,7 +145,7 @@ async def bench_decoder(name: str, backbone: Backbone, args) -> list[Cell]:
         await engine.start()
         try:
             rng = random.Random(0)
-            await one(engine, prompts(m, "raw", 1, 1, rng)[0], 4)  # warm-up
+            await one(engine, prompts(m, "raw", 1, 1, rng, warm_up=True)[0], 4)  # warm-up
             arms = [a for a in ARMS if ("apc" in a) == apc and a in args.arms]
             for k in args.ks:
                 for c in args.concurrency:
