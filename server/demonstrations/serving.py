@@ -184,8 +184,9 @@ async def encode_records(
 ) -> list[DemonstrationRecord]:
     """Demonstrations ``(id, image, text, metadata)`` encoded now, as the bank stores them, in order.
 
-    ``batch_size`` demonstrations share one backbone forward (AIM_ENCODE_BATCH_SIZE); registration and
-    re-encoding both come here, so both store the same records.
+    ``batch_size`` demonstrations share one backbone forward (registration: AIM_ENCODE_BATCH_SIZE). The
+    one function that makes records: registration and re-encoding (``encode_record``, one at a time)
+    store the same fields, and fused tokens equal up to float rounding between batch sizes.
     """
     if not items:
         return []
