@@ -258,8 +258,8 @@ class Backbone:
         """``encode_demonstration`` of every item, in one padded forward.
 
         Equal to the one-at-a-time results up to float rounding: kernels reduce in another order over a
-        padded length or a larger batch (measured: tiny model <= 4e-6, aim-mini <= 4e-5 on hidden
-        states of magnitude ~10). The caller bounds the batch size.
+        padded length or a larger batch (measured: tiny model <= 4e-6, aim-mini <= 4e-5 on last-layer
+        hidden states). The caller bounds the batch size.
         """
         if len(items) <= 1 or not self.can_batch:
             return [self.encode_demonstration(image, text, layer=layer) for image, text in items]
@@ -290,7 +290,7 @@ class Backbone:
         """``embed_query`` of queries that all have an image, in one padded forward up to the decoder.
 
         Token embeddings are looked up row by row, so only the vision tower's batched forward can
-        round differently from the one-at-a-time result (measured: tiny model equal, aim-mini <= 5e-7).
+        round differently from the one-at-a-time result (measured: tiny model equal, aim-mini <= 3e-6).
         """
         if len(items) <= 1 or not self.can_batch:
             return [self.embed_query(image, text, history) for image, text, history in items]

@@ -101,7 +101,9 @@ async def test_a_bad_query_fails_alone_and_its_batch_is_answered(encoder: AimEnc
 
 
 async def test_generate_under_concurrency_answers_as_it_does_alone(tiny_model_dir: Path, tmp_path: Path):
-    settings = make_settings(tiny_model_dir, tmp_path, EXTERNAL_REDIS_URL, query_batch_wait_ms=100)
+    settings = make_settings(
+        tiny_model_dir, tmp_path, EXTERNAL_REDIS_URL, query_batch_size=8, query_batch_wait_ms=100
+    )
     bodies = [
         {"query": {"image": png_b64(c), "text": "Q: What color is the shape? A:"}, "max_tokens": 8}
         for c in COLORS[:4]
@@ -117,6 +119,12 @@ async def test_generate_under_concurrency_answers_as_it_does_alone(tiny_model_di
             engine_ms = float(r.headers["server-timing"].removeprefix("engine;dur="))
             assert 0 < engine_ms <= elapsed_ms
         assert max(app.state.generate.queries.batches[batches_before:]) > 1
+
+
+async def test_query_batching_is_off_by_default_on_cpu(tiny_model_dir: Path, tmp_path: Path):
+    async for app in start_app(make_settings(tiny_model_dir, tmp_path, EXTERNAL_REDIS_URL)):
+        assert app.state.encoder.backbone.device.type == "cpu"
+        assert app.state.generate.queries.max_batch == 1
 
 
 @pytest.mark.parametrize(
