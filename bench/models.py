@@ -102,3 +102,51 @@ def load_bench_backbones(cache_dir: Path) -> tuple[Backbone, Backbone]:
         load_backbone(v15, dtype=torch.float32, device="cpu"),
         load_backbone(nxt, dtype=torch.float32, device="cpu"),
     )
+
+
+def build_llava15_smollm2(out_dir: Path, llava15_dir: Path, *, max_positions: int = 16384) -> Path:
+    """LLaVA-1.5 geometry (576 image tokens) in front of aim-mini's real decoder, SmolLM2-135M.
+
+    The tiny model's vision tower and tokenizer (ids < its small vocabulary, a subset of SmolLM2's) with
+    a randomly initialised connector into SmolLM2's width, then SmolLM2-135M-Instruct's weights as the
+    decoder: the engine-side cost of a prompt is what a real 30-layer, 576-wide decoder pays. RoPE is
+    given ``max_positions`` (SmolLM2's own is 8,192) so the raw k = 16 prompt (10,000 tokens) fits:
+    speed only, the answers past 8,192 positions are not meaningful.
+    """
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    from projector.models.aim_mini.build import load_smollm2
+
+    out_dir = Path(out_dir)
+    if (out_dir / "aim_recipe.json").exists():
+        return out_dir
+    decoder, _ = load_smollm2(torch.float32)
+    text_config = decoder.config.to_dict()
+    text_config["max_position_embeddings"] = max_positions
+    base_config = LlavaConfig.from_pretrained(llava15_dir)
+    config = LlavaConfig(
+        vision_config=base_config.vision_config.to_dict(),
+        text_config=text_config,
+        image_token_id=base_config.image_token_id,
+        vision_feature_select_strategy=base_config.vision_feature_select_strategy,
+        vision_feature_layer=base_config.vision_feature_layer,
+        tie_word_embeddings=decoder.config.tie_word_embeddings,
+    )
+    base = LlavaForConditionalGeneration.from_pretrained(llava15_dir, dtype=torch.float32)
+    torch.manual_seed(2)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.model.vision_tower.load_state_dict(base.model.vision_tower.state_dict())
+    decoder_state = decoder.state_dict()
+    model.model.language_model.load_state_dict(
+        {k.removeprefix("model."): v for k, v in decoder_state.items() if k.startswith("model.")}
+    )
+    model.lm_head.load_state_dict({"weight": decoder_state["lm_head.weight"]})
+    model.generation_config = base.generation_config
+    model.save_pretrained(out_dir)
+    from transformers import AutoProcessor
+
+    AutoProcessor.from_pretrained(llava15_dir).save_pretrained(out_dir)
+    recipe = json.loads((llava15_dir / "aim_recipe.json").read_text())
+    recipe["name"] = "bench-llava15-geometry-smollm2-135m"
+    (out_dir / "aim_recipe.json").write_text(json.dumps(recipe, indent=2))
+    return out_dir

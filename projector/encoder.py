@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from projector.backbone import Backbone, QueryEmbedding
+from projector.backbone import Backbone, DemonstrationEncoding, QueryEmbedding
 from projector.projector import Projector
 
 
@@ -45,7 +45,9 @@ class AimEncoder:
 
     @torch.inference_mode()
     def encode_demonstration(self, image: Image.Image, text: str) -> FusedDemonstration:
-        encoding = self.backbone.encode_demonstration(image, text, layer=self.layer)
+        return self._fused(self.backbone.encode_demonstration(image, text, layer=self.layer))
+
+    def _fused(self, encoding: DemonstrationEncoding) -> FusedDemonstration:
         proj_dtype = next(self.projector.parameters()).dtype
         fused = self.projector(encoding.hidden_states.to(proj_dtype))
         return FusedDemonstration(
@@ -56,10 +58,40 @@ class AimEncoder:
         )
 
     @torch.inference_mode()
+    def encode_demonstrations(
+        self, items: Sequence[tuple[Image.Image, str]], *, batch_size: int
+    ) -> list[FusedDemonstration]:
+        """``encode_demonstration`` of every item, ``batch_size`` items per backbone forward.
+
+        Items are grouped by text length so that a forward pads little; results come back in input
+        order. Equal to the one-at-a-time results up to float rounding (see
+        ``Backbone.encode_demonstrations``).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        order = sorted(range(len(items)), key=lambda i: len(items[i][1]))
+        results: dict[int, FusedDemonstration] = {}
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            encodings = self.backbone.encode_demonstrations([items[i] for i in chunk], layer=self.layer)
+            for i, encoding in zip(chunk, encodings, strict=True):
+                results[i] = self._fused(encoding)
+        return [results[i] for i in range(len(items))]
+
+    @torch.inference_mode()
+    def embed_queries(
+        self, items: Sequence[tuple[Image.Image, str, Sequence[tuple[str, str]]]]
+    ) -> list[QueryEmbedding]:
+        """``embed_query`` of queries that all have an image, in one backbone forward."""
+        return [self._query_out(q) for q in self.backbone.embed_queries(items)]
+
+    @torch.inference_mode()
     def embed_query(
         self, image: Image.Image | None, text: str, history: Sequence[tuple[str, str]] = ()
     ) -> QueryEmbedding:
-        q = self.backbone.embed_query(image, text, history)
+        return self._query_out(self.backbone.embed_query(image, text, history))
+
+    def _query_out(self, q: QueryEmbedding) -> QueryEmbedding:
         return QueryEmbedding(
             prefix=self._out(q.prefix),
             body=self._out(q.body),

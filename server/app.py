@@ -28,6 +28,7 @@ from server.demonstrations.serving import DemonstrationService
 from server.engines.factory import build_engine
 from server.errors import install_error_handlers
 from server.generate.api_router import router as generate_router
+from server.generate.query_batcher import QueryBatcher
 from server.generate.serving import GenerateService
 from server.health.api_router import router as health_router
 from server.media import ImageDecoder
@@ -131,6 +132,14 @@ def bank_fingerprint(encoder: AimEncoder) -> str:
     )
 
 
+def query_batch_size(settings: Settings, encoder: AimEncoder) -> int:
+    """AIM_QUERY_BATCH_SIZE, else 8 on a GPU and 1 (no batching) on CPU: on this project's CPU a batched
+    query forward was slower than the same queries in parallel threads (README, bench.batching)."""
+    if settings.query_batch_size is not None:
+        return settings.query_batch_size
+    return 8 if encoder.backbone.device.type == "cuda" else 1
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -147,7 +156,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             cache_bytes=settings.bank_cache_bytes,
             wait_for_fsync=redis.wait_for_fsync,
         )
-        async with build_engine(settings, encoder.backbone) as engine:
+        async with (
+            build_engine(settings, encoder.backbone) as engine,
+            QueryBatcher(
+                encoder,
+                max_batch=query_batch_size(settings, encoder),
+                max_wait_ms=settings.query_batch_wait_ms,
+            ) as queries,
+        ):
             metrics = Metrics()
             images = ImageDecoder(
                 max_bytes=settings.max_image_bytes,
@@ -165,7 +181,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 engine=engine,
                 metrics=metrics,
                 demonstrations=DemonstrationService(encoder, bank, settings, metrics, images),
-                generate=GenerateService(encoder, bank, engine, settings, metrics, images, SimilarityIndex()),
+                generate=GenerateService(
+                    encoder, bank, engine, settings, metrics, images, SimilarityIndex(), queries
+                ),
                 fingerprint=fp,
                 model=ModelIdentity(
                     encoder.backbone.name,

@@ -98,9 +98,13 @@ class DemonstrationService:
         counts = await self.bank.fused_token_counts(list(unique))
         records: dict[str, DemonstrationRecord] = {}
         while True:
-            for c in unique.values():
-                if c.id not in counts and c.id not in records:
-                    records[c.id] = await self._encode(c)
+            todo = [c for c in unique.values() if c.id not in counts and c.id not in records]
+            for record in await encode_records(
+                self.encoder,
+                [(c.id, c.image, c.text, c.metadata) for c in todo],
+                batch_size=self.settings.encode_batch_size,
+            ):
+                records[record.id] = record
             try:
                 sources = {i: unique[i].data for i in records} if self.settings.bank_keep_sources else None
                 created = await self.bank.put_many(
@@ -125,9 +129,6 @@ class DemonstrationService:
             )
             seen.add(c.id)
         return RegisterResponse(set=request.set, items=items)
-
-    async def _encode(self, item: _Checked) -> DemonstrationRecord:
-        return await encode_record(self.encoder, item.id, item.image, item.text, item.metadata)
 
     async def get(self, demonstration_id: str) -> Demonstration:
         try:
@@ -178,20 +179,40 @@ class DemonstrationService:
         return SetDeleted(name=name)
 
 
+async def encode_records(
+    encoder: AimEncoder, items: list[tuple[str, Image.Image, str, dict]], *, batch_size: int
+) -> list[DemonstrationRecord]:
+    """Demonstrations ``(id, image, text, metadata)`` encoded now, as the bank stores them, in order.
+
+    ``batch_size`` demonstrations share one backbone forward (registration: AIM_ENCODE_BATCH_SIZE). The
+    one function that makes records: registration and re-encoding (``encode_record``, one at a time)
+    store the same fields, and fused tokens equal up to float rounding between batch sizes.
+    """
+    if not items:
+        return []
+    fused = await asyncio.to_thread(
+        encoder.encode_demonstrations, [(image, text) for _, image, text, _ in items], batch_size=batch_size
+    )
+    return [
+        DemonstrationRecord(
+            id=demonstration_id,
+            fused_tokens=f.fused_tokens,
+            text=text,
+            metadata=metadata,
+            image_tokens=f.image_tokens,
+            raw_tokens=f.raw_tokens,
+            image_embedding=f.image_embedding,
+        )
+        for (demonstration_id, _, text, metadata), f in zip(items, fused, strict=True)
+    ]
+
+
 async def encode_record(
     encoder: AimEncoder, demonstration_id: str, image: Image.Image, text: str, metadata: dict
 ) -> DemonstrationRecord:
-    """A demonstration encoded now, as the bank stores it: registration and re-encoding both use this."""
-    fused = await asyncio.to_thread(encoder.encode_demonstration, image, text)
-    return DemonstrationRecord(
-        id=demonstration_id,
-        fused_tokens=fused.fused_tokens,
-        text=text,
-        metadata=metadata,
-        image_tokens=fused.image_tokens,
-        raw_tokens=fused.raw_tokens,
-        image_embedding=fused.image_embedding,
-    )
+    """One demonstration encoded alone, as the bank stores it."""
+    (record,) = await encode_records(encoder, [(demonstration_id, image, text, metadata)], batch_size=1)
+    return record
 
 
 def _unknown_demonstration(demonstration_id: str, param: str) -> NotFoundError:

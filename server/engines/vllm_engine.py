@@ -210,6 +210,10 @@ class VllmEngine(EngineLifecycle):
         llm = self._running_llm()
         return f"vLLM reports {llm.dead_error!r}" if llm.errored else None
 
+    async def reset_prefix_cache(self) -> None:
+        """Empty the prefix cache (benchmarks: each arm starts from the same, empty cache)."""
+        await self._running_llm().reset_prefix_cache()
+
     def _running_llm(self) -> AsyncLLM:
         if self._llm is None:
             raise EngineError("the vllm engine has not been started")

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
 
 from server.deps import GenerateServiceDep
@@ -28,11 +28,14 @@ router = APIRouter(tags=["generate"])
     },
 )
 async def generate(
-    body: GenerateRequest, service: GenerateServiceDep
+    body: GenerateRequest, service: GenerateServiceDep, response: Response
 ) -> GenerateResponse | StreamingResponse:
     """Answer a few-shot query over cached fused tokens. With ``stream: true``, server-sent events."""
     prepared = await service.prepare(generate_request(body))  # every 4xx here, before any byte streams
     if body.stream:
         chunks = (c.model_dump_json(exclude_none=True) async for c in generate_chunks(service, prepared))
         return StreamingResponse(server_sent_events(chunks), media_type="text/event-stream")
-    return generate_response(await service.generate(prepared))
+    completion = await service.generate(prepared)
+    # Time spent in the engine (W3C Server-Timing): end-to-end minus this is the server's own overhead.
+    response.headers["Server-Timing"] = f"engine;dur={completion.engine_seconds * 1000:.1f}"
+    return generate_response(completion)

@@ -7,7 +7,6 @@ and their answers from a ``Completion`` / ``CompletionDelta``; everything in bet
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -26,6 +25,7 @@ from server.demonstrations.serving import check_text, unknown_set
 from server.engines.base import Engine, EngineError, EngineOutput, SamplingOptions
 from server.errors import APIError, NotFoundError
 from server.generate.protocol import GenerateChunk, GenerateRequest, GenerateResponse, Usage
+from server.generate.query_batcher import QueryBatcher
 from server.media import ImageDecoder, ImageField
 from server.metrics import Metrics
 from server.settings import Settings
@@ -94,6 +94,7 @@ class Completion:
     finish_reason: str | None  # "stop" | "length" | "abort"
     demonstration_ids: list[str]
     usage: TokenUsage
+    engine_seconds: float = 0.0  # inside the engine: the rest of a request's time is the server's
 
 
 @dataclass(frozen=True)
@@ -116,8 +117,10 @@ class GenerateService:
         metrics: Metrics,
         images: ImageDecoder,
         similar: SimilarityIndex,
+        queries: QueryBatcher,
     ) -> None:
         self.encoder = encoder
+        self.queries = queries
         self.bank = bank
         self.images = images
         self.similar = similar
@@ -209,7 +212,7 @@ class GenerateService:
         history = [(t.role, t.text) for t in request.history]
         try:
             # The query first: per-query selection ranks the set by the query's image embedding.
-            query = await asyncio.to_thread(self.encoder.embed_query, image, request.text, history)
+            query = await self.queries.embed(image, request.text, history)
         except ConversationError as exc:
             raise APIError(str(exc), param=request.params.prompt) from None
         demonstrations = await self._demonstrations(request.demonstrations, query)
@@ -286,6 +289,7 @@ class GenerateService:
             finish_reason=final.finish_reason,
             demonstration_ids=prepared.demonstration_ids,
             usage=usage,
+            engine_seconds=time.perf_counter() - started,
         )
 
     async def stream(self, prepared: PreparedRequest) -> AsyncIterator[CompletionDelta]:

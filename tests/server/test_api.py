@@ -49,13 +49,21 @@ async def test_fused_tokens_in_redis_equal_a_fresh_recomputation(app: RunningApp
         Projector.identity(backbone=backbone.name, hidden_size=backbone.hidden_size),
         dtype=torch.float32,
     )
-    for demo_id, color, shape in zip(ids, ["red", "blue"], ["circle", "square"], strict=True):
+    # The registration's items shared one padded forward (AIM_ENCODE_BATCH_SIZE): the same batch again
+    # gives the same bytes (tests/projector/test_batching.py compares a batch with items one at a time).
+    fresh = encoder.encode_demonstrations(
+        [
+            (decode_png(png_b64(c, shape=s)), item(c)["text"])
+            for c, s in [("red", "circle"), ("blue", "square")]
+        ],
+        batch_size=app.state.settings.encode_batch_size,
+    )
+    for demo_id, recomputed in zip(ids, fresh, strict=True):
         blob = await app.state.bank.client.get(app.state.bank._demo_key(demo_id))
         stored = decode_record(blob).fused_tokens
-        fresh = encoder.encode_demonstration(decode_png(png_b64(color, shape=shape)), item(color)["text"])
         assert (
             stored.view(torch.uint8).numpy().tobytes()
-            == fresh.fused_tokens.view(torch.uint8).numpy().tobytes()
+            == recomputed.fused_tokens.view(torch.uint8).numpy().tobytes()
         )
 
 

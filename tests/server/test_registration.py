@@ -25,7 +25,7 @@ async def test_a_known_demonstration_joins_a_new_set_without_encoding_or_rewriti
         stored_before = (await app.client.get(f"/demonstrations/{red['id']}")).json()
         bank._cache.clear()  # a read of the tensor would now show up as a cache miss
         reads_before = bank.cache_misses + bank.cache_hits
-        encoded = count_calls(monkeypatch, app.state.encoder, "encode_demonstration")
+        encoded = count_calls(monkeypatch, app.state.encoder, "encode_demonstrations")
         decoded = count_calls(monkeypatch, store, "decode_record")
 
         r = await app.client.post(
@@ -39,7 +39,7 @@ async def test_a_known_demonstration_joins_a_new_set_without_encoding_or_rewriti
         ] * 2
         assert items[1]["created"] is True and items[1]["fused_tokens"] > 0
         # Only green was encoded (the service's encoder is the app's); red's tensor was not even read.
-        assert [call[1] for call in encoded] == [item("green")["text"]]
+        assert [[text for _, text in call[0]] for call in encoded] == [[item("green")["text"]]]
         assert decoded == [] and bank.cache_misses + bank.cache_hits == reads_before
         assert await bank_snapshot(bank.client, blob_key) == blob_before
         assert (await app.client.get("/sets/b")).json()["ids"] == [red["id"], items[1]["id"]]
@@ -61,7 +61,7 @@ async def test_a_demonstration_deleted_during_registration_is_encoded_again(
             return counts
 
         monkeypatch.setattr(bank, "fused_token_counts", counts_then_deleted_elsewhere)
-        encoded = count_calls(monkeypatch, app.state.encoder, "encode_demonstration")
+        encoded = count_calls(monkeypatch, app.state.encoder, "encode_demonstrations")
 
         r = await app.client.post("/demonstrations", json={"set": "s", "items": [item("red")]})
 

@@ -62,7 +62,7 @@ async def test_page_bounds_are_400_naming_the_parameter(app: RunningApp, path, p
 
 async def test_known_demonstrations_join_a_set_by_id_without_encoding(app: RunningApp, monkeypatch):
     ids = await register(app, ["pink", "brown", "gray"])
-    encodes = count_calls(monkeypatch, app.state.encoder, "encode_demonstration")
+    encodes = count_calls(monkeypatch, app.state.encoder, "encode_demonstrations")
     r = await app.client.post("/sets/by-id/items", json={"ids": [ids[2], ids[0]]})
     assert r.status_code == 200 and r.json() == {"name": "by-id", "size": 2}
     r = await app.client.post("/sets/by-id/items", json={"ids": [ids[0], ids[1]]})  # a member stays put
