@@ -14,6 +14,7 @@ NEEDED = [
     "projector/checkpoints/aim-mini-generic/model.safetensors",
     "projector/models/aim_mini/weights/connector.safetensors",
     "projector/models/aim_mini/weights/connector.json",
+    "projector/models/aim_mini/assets/imagenet_classes.txt",  # the caption's class names
     "server/app.py",
     "bank/store.py",
 ]

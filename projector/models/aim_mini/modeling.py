@@ -2,9 +2,16 @@
 
 Llava builds its tower with ``AutoModel.from_config(config.vision_config)`` and reads
 ``vision_tower(pixel_values, output_hidden_states=True, return_dict=True).hidden_states[layer]``.
-This tower's last hidden state is the 7x7x1280 map after the head conv, flattened to
-``[B, 49, 1280]`` (row-major over the 7x7 grid): with ``vision_feature_layer=-1`` and
-``vision_feature_select_strategy="full"`` Llava gets 49 image tokens.
+This tower's last hidden state is ``[B, 49 + caption_length, hidden_size]``:
+
+- 49 spatial tokens: the 7x7x1280 map after the head conv (row-major over the grid), followed by a
+  constant 1 (the connector's bias for spatial tokens) and zeros;
+- ``caption_length`` caption tokens (``caption.py``): zeros in the first 1281 features and a one-hot
+  over the caption's word vocabulary in the rest (all zeros for padding).
+
+With ``vision_feature_layer=-1`` and ``vision_feature_select_strategy="full"`` Llava takes them all;
+the processor counts the caption tokens as ``num_additional_image_tokens``. With
+``caption_length=0`` the tower is the plain 49-token feature extractor.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from .caption import NAME_THRESHOLD, caption_words, image_statistics
 from .efficientnet_lite import HEAD_CHANNELS, EfficientNetLite0
 
 MODEL_TYPE = "aim_efficientnet_lite"
@@ -39,6 +47,14 @@ class AimEfficientNetLiteConfig(PreTrainedConfig):
     padding: str = "same"
     batch_norm_eps: float = 1e-3
     initializer_range: float = 0.02
+    # The caption (0: none). Shapes of the caption tables; their contents are buffers in the weights.
+    caption_length: int = 0
+    caption_vocab_size: int = 0
+    caption_names: int = 0
+    caption_name_length: int = 0
+    caption_colours: int = 0
+    caption_colour_length: int = 0
+    caption_name_threshold: float = NAME_THRESHOLD
 
 
 class AimEfficientNetLitePreTrainedModel(PreTrainedModel):
@@ -77,7 +93,25 @@ class AimEfficientNetLiteVisionModel(AimEfficientNetLitePreTrainedModel):
 
     def __init__(self, config: AimEfficientNetLiteConfig):
         super().__init__(config)
-        self.encoder = EfficientNetLite0(num_classes=0, bn_eps=config.batch_norm_eps, padding=config.padding)
+        captions = config.caption_length > 0
+        self.encoder = EfficientNetLite0(
+            num_classes=1000 if captions else 0, bn_eps=config.batch_norm_eps, padding=config.padding
+        )
+        if captions:
+            if config.hidden_size != HEAD_CHANNELS + 1 + config.caption_vocab_size:
+                raise ValueError("hidden_size must be 1280 + 1 + caption_vocab_size when captions are on")
+            long = {"dtype": torch.long}
+            self.register_buffer("caption_class_name", torch.zeros(1000, **long))
+            self.register_buffer(
+                "caption_name_words",
+                torch.full((config.caption_names, config.caption_name_length), -1, **long),
+            )
+            self.register_buffer(
+                "caption_colour_words",
+                torch.full((config.caption_colours, config.caption_colour_length), -1, **long),
+            )
+            self.register_buffer("caption_palette", torch.zeros(config.caption_colours, 3))
+            self.register_buffer("caption_word_token_ids", torch.zeros(config.caption_vocab_size, **long))
         self.post_init()
 
     @property
@@ -109,13 +143,42 @@ class AimEfficientNetLiteVisionModel(AimEfficientNetLitePreTrainedModel):
             if hidden is not None:
                 hidden.append(self._flat(x))
         x = torch.nn.functional.relu6(enc.bn2(enc.conv_head(x)))
-        last = self._flat(x)
+        spatial = self._flat(x)
+        pooled = spatial.mean(dim=1)
+        last = (
+            spatial if self.config.caption_length == 0 else self._with_caption(spatial, pooled, pixel_values)
+        )
         if hidden is not None:
             hidden.append(last)
-        pooled = last.mean(dim=1)
         hidden_states = tuple(hidden) if hidden is not None else None
         if return_dict is False:
             return tuple(v for v in (last, pooled, hidden_states) if v is not None)
         return BaseModelOutputWithPooling(
             last_hidden_state=last, pooler_output=pooled, hidden_states=hidden_states
         )
+
+    def _with_caption(
+        self, spatial: torch.Tensor, pooled: torch.Tensor, pixel_values: torch.Tensor
+    ) -> torch.Tensor:
+        """Spatial tokens [B, 49, 1280] -> [B, 49 + L, hidden]: spatial features with the bias feature,
+        then the caption's one-hot word tokens."""
+        cfg = self.config
+        probs = self.encoder.classifier(pooled.float()).softmax(dim=-1)
+        # The processor normalised with mean = std = 0.5: back to [0, 1] for colour naming.
+        colour, flat = image_statistics(pixel_values.float() * 0.5 + 0.5, self.caption_palette)
+        words = caption_words(
+            probs,
+            colour,
+            flat,
+            self.caption_class_name,
+            self.caption_name_words,
+            self.caption_colour_words,
+            cfg.caption_name_threshold,
+        )
+        b, n, c = spatial.shape
+        out = spatial.new_zeros(b, n + words.shape[1], cfg.hidden_size)
+        out[:, :n, :c] = spatial
+        out[:, :n, c] = 1.0
+        rows, cols = (words >= 0).nonzero(as_tuple=True)
+        out[rows, n + cols, c + 1 + words[rows, cols]] = 1.0
+        return out

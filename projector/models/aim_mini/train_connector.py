@@ -2,8 +2,10 @@
 
     python -m projector.models.aim_mini.train_connector [--out projector/models/aim_mini/weights/connector.safetensors]
 
-Both pretrained parts (EfficientNet-Lite0, SmolLM2) stay frozen; only Llava's
-``multi_modal_projector`` trains. Each example is the chat prompt "<image>\\nDescribe the image."
+Both pretrained parts (EfficientNet-Lite0, SmolLM2) stay frozen; only the spatial part of Llava's
+``multi_modal_projector`` trains (``linear_1``'s columns for the 1280 CNN features and the bias
+feature); the caption's columns, the decoder's own word embeddings, stay as ``build.set_connector``
+made them. Each example is the chat prompt "<image>\\nDescribe the image."
 (SmolLM2's chat template) followed by a description of the image ("A red circle."); the language-
 model loss is taken on the description tokens and the closing ``<|im_end|>`` only. Held-out loss
 is measured on easy-VQA *test* images with fixed phrasings. Writes the connector as safetensors
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 from projector.optim import token_weighted_loss, warmup_cosine_lr
 
 from . import DEFAULT_CONNECTOR
-from .build import IMAGE_TOKEN, NUM_IMAGE_TOKENS
+from .build import IMAGE_TOKEN, SPATIAL_FEATURES, SPATIAL_KEY
 from .data import DESCRIBE_PROMPT, TEMPLATES, ShapeImage, describe, load_rgb, load_split
 
 log = logging.getLogger(__name__)
@@ -45,13 +47,13 @@ DEFAULTS = dict(
 class DescriptionBatcher:
     """Turns (image, description) pairs into Llava inputs with labels on the description only."""
 
-    def __init__(self, processor):
+    def __init__(self, processor, image_tokens: int):
         self.processor = processor
         self.tok = processor.tokenizer
         messages = [{"role": "user", "content": "<image>\n" + DESCRIBE_PROMPT}]
         prompt = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        # what processor(images=..., text=prompt) gives: <image> expanded to 49 placeholder tokens
-        prompt = prompt.replace(IMAGE_TOKEN, IMAGE_TOKEN * NUM_IMAGE_TOKENS)
+        # what processor(images=..., text=prompt) gives: <image> expanded to its placeholder tokens
+        prompt = prompt.replace(IMAGE_TOKEN, IMAGE_TOKEN * image_tokens)
         self.prompt_ids = self.tok(prompt, add_special_tokens=False)["input_ids"]
         image_id = self.tok.convert_tokens_to_ids(IMAGE_TOKEN)
         self.prefix_ids = self.prompt_ids[: self.prompt_ids.index(image_id)]
@@ -159,10 +161,9 @@ def eval_items(n: int, seed: int = 1234) -> list[ShapeImage]:
 
 
 def connector_state(model) -> dict[str, torch.Tensor]:
-    return {
-        k: v.detach().float().contiguous().clone()
-        for k, v in model.model.multi_modal_projector.state_dict().items()
-    }
+    """What the connector file holds: the trained spatial columns (the rest is derived at build)."""
+    weight = model.model.multi_modal_projector.linear_1.weight[:, :SPATIAL_FEATURES]
+    return {SPATIAL_KEY: weight.detach().float().contiguous().clone()}
 
 
 def tensor_sha256(state: dict[str, torch.Tensor]) -> str:
@@ -207,12 +208,16 @@ def train_connector(
     model.eval()  # frozen BatchNorm statistics; no dropout anywhere
     for p in model.parameters():
         p.requires_grad_(False)
-    params = list(model.model.multi_modal_projector.parameters())
-    for p in params:
-        p.requires_grad_(True)
+    weight = model.model.multi_modal_projector.linear_1.weight
+    weight.requires_grad_(True)
+    trained = torch.zeros_like(weight)
+    trained[:, :SPATIAL_FEATURES] = 1.0
+    # AdamW without weight decay leaves a parameter whose gradient is always 0 exactly where it was.
+    weight.register_hook(lambda grad: grad * trained)
+    params = [weight]
     t_built = time.time()
 
-    batcher = DescriptionBatcher(processor)
+    batcher = DescriptionBatcher(processor, model.config.image_seq_length)
     train = load_split("train")
     held = eval_items(n_eval)
     rng = random.Random(seed)
@@ -270,7 +275,8 @@ def train_connector(
     # one metadata key: safetensors writes a multi-key metadata map in varying order (file bytes would differ)
     save_file(state, str(out), metadata={"format": "pt"})
     record = {
-        "what": "aim-mini connector (Llava multi_modal_projector: Linear 1280->576, GELU, Linear 576->576)",
+        "what": "aim-mini connector, trained part: linear_1 columns of the 1280 spatial features + bias "
+        "(Llava multi_modal_projector, linear activation; caption columns = decoder word embeddings)",
         "command": command or f"python -m projector.models.aim_mini.train_connector --out {out}",
         "recipe": "LLaVA stage 1: vision tower and decoder frozen; "
         "LM loss on description tokens + <|im_end|> only",

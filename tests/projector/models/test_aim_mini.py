@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,9 @@ def loaded(built_dir):
 
 
 def test_built_dir_loads_as_plain_llava(built_dir, loaded):
+    from safetensors.torch import load_file
+
+    from projector.models.aim_mini.build import SPATIAL_FEATURES
     from projector.models.aim_mini.efficientnet_lite import load_lite0_imagenet
 
     model, processor = loaded
@@ -154,32 +158,101 @@ def test_built_dir_loads_as_plain_llava(built_dir, loaded):
     assert cfg["model_type"] == "llava" and cfg["vision_config"]["model_type"] == "aim_efficientnet_lite"
     assert cfg["vision_feature_select_strategy"] == "full" and cfg["vision_feature_layer"] == -1
     assert model.config.text_config.hidden_size == 576 and model.config.text_config.num_hidden_layers == 30
-    # the tower carries the ImageNet weights
+    # the tower carries the ImageNet weights: its spatial tokens are the port's feature map, with the
+    # constant bias feature after the 1280 channels
     ref = load_lite0_imagenet()
     x = _photo("cat.jpg")
     with torch.no_grad():
         want = ref.forward_features(x).flatten(2).transpose(1, 2)
         got = model.model.vision_tower(x, output_hidden_states=True).hidden_states[-1]
-    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got[:, :49, :1280], want)
+    assert torch.equal(got[:, :49, 1280], torch.ones(1, 49)) and not got[:, :49, 1281:].any()
     # the <image> row is the mean of the pretrained embeddings
     emb = model.get_input_embeddings().weight
     image_id = model.config.image_token_index
     assert emb.shape[0] == len(processor.tokenizer) == image_id + 1
     torch.testing.assert_close(emb[image_id], emb[:image_id].mean(0), atol=1e-6, rtol=0)
-    # connector = the shipped weights
-    from safetensors.torch import load_file
-
+    # connector: the shipped spatial weights, then the decoder's own embeddings of the caption words,
+    # an identity second layer and no biases
+    proj = model.model.multi_modal_projector
     shipped = load_file(str(DEFAULT_CONNECTOR))
-    torch.testing.assert_close(model.model.multi_modal_projector.linear_1.weight, shipped["linear_1.weight"])
+    assert torch.equal(proj.linear_1.weight[:, :SPATIAL_FEATURES], shipped["spatial.weight"])
+    words = model.model.vision_tower.caption_word_token_ids
+    assert torch.equal(proj.linear_1.weight[:, SPATIAL_FEATURES:], emb[words].T)
+    assert torch.equal(proj.linear_2.weight, torch.eye(576)) and not proj.linear_2.bias.any()
+    assert not proj.linear_1.bias.any()
 
 
-def test_processor_expands_image_to_49_tokens_and_generate_runs(loaded):
+def _caption(model, processor, image) -> str:
+    """The caption the tower writes for ``image``, read back from the connector's output."""
+    pixels = processor.image_processor(image, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        tokens = model.model.get_image_features(pixel_values=pixels).pooler_output[0][49:]
+    emb = model.get_input_embeddings().weight
+    nonzero = tokens.abs().sum(-1) > 0
+    # every caption token is exactly one word's embedding
+    ids = [int((emb == t).all(-1).nonzero()[0]) for t in tokens[nonzero]]
+    return processor.tokenizer.decode(ids)
+
+
+def test_the_caption_reaches_the_decoder_as_exact_word_embeddings(loaded):
     from PIL import Image
 
     model, processor = loaded
+    cat = _caption(model, processor, Image.open(ASSETS / "cat.jpg"))
+    assert re.fullmatch(r"\nThis is a photo of an? (tiger cat|tabby cat|Egyptian Mau)\. It is \w+\.", cat)
+    espresso = _caption(model, processor, Image.open(ASSETS / "coffee.jpg"))
+    assert espresso.startswith("\nThis is a photo of an espresso."), espresso
+    # a rendered shape scores low on every ImageNet class: no name, but its colour
+    shape = Image.new("RGB", (64, 64), (238, 253, 247))
+    shape.paste((0, 128, 128), (16, 16, 48, 48))
+    assert _caption(model, processor, shape) == "\nThis is a picture. It is teal."
+
+
+def test_main_colour_counts_foreground_pixels_only_and_a_flat_border_is_seen():
+    from projector.models.aim_mini.caption import PALETTE, image_statistics
+
+    palette = torch.tensor(list(PALETTE.values()), dtype=torch.float32) / 255
+    names = list(PALETTE)
+    image = torch.ones(2, 3, 32, 32) * torch.tensor([0.93, 0.99, 0.97])[:, None, None]  # light background
+    image[0, :, 10:20, 10:20] = torch.tensor([1.0, 0.0, 0.0])[:, None, None]  # small red square
+    image[1] = torch.tensor([0.0, 0.0, 1.0])[:, None, None]  # all blue: nothing stands out, all pixels count
+    noisy = image.clone()
+    noisy[:, :, :, :8] = torch.rand(
+        2, 3, 32, 8, generator=torch.Generator().manual_seed(0)
+    )  # a textured edge
+    colours, flat = image_statistics(torch.cat([image, noisy]), palette)
+    assert [names[i] for i in colours[:2]] == ["red", "blue"] and flat.tolist() == [True, True, False, False]
+
+
+def test_a_name_is_written_for_photos_and_for_confident_flat_images():
+    from projector.models.aim_mini.caption import caption_words
+
+    # two names ("cat": classes 0 and 1, "cup": class 2) + the unnamed row; colour sentences of 1 word
+    class_name = torch.tensor([0, 0, 1])
+    name_words = torch.tensor([[10, 11, -1], [10, 12, 13], [14, -1, -1]])
+    colour_words = torch.tensor([[20], [21]])
+    probs = torch.tensor([[0.1, 0.15, 0.75], [0.1, 0.15, 0.75], [0.06, 0.06, 0.15], [0.5, 0.2, 0.3]])
+    colour = torch.tensor([0, 1, 0, 1])
+    flat = torch.tensor([False, True, True, True])
+    words = caption_words(probs, colour, flat, class_name, name_words, colour_words, threshold=0.2)
+    assert words.tolist() == [
+        [10, 12, 13, 20],  # a photo: its best name, "cup" (0.75 > 0.25 for "cat")
+        [10, 12, 13, 21],  # flat, but confident
+        [-1, -1, 14, 20],  # flat and no name reaches 0.2 ("cat" 0.12, "cup" 0.15): unnamed, left-padded
+        [-1, 10, 11, 21],  # "cat" = 0.5 + 0.2, summed over its two classes
+    ]
+
+
+def test_processor_expands_image_to_its_tokens_and_generate_runs(loaded):
+    from PIL import Image
+
+    model, processor = loaded
+    caption = model.config.vision_config.caption_length
+    assert model.config.image_seq_length == 49 + caption and caption > 0
     image = Image.open(ASSETS / "cat.jpg")
     inputs = processor(images=image, text="<image>\nWhat is this?", return_tensors="pt")
-    assert int((inputs["input_ids"] == model.config.image_token_index).sum()) == 49
+    assert int((inputs["input_ids"] == model.config.image_token_index).sum()) == 49 + caption
     assert inputs["pixel_values"].shape == (1, 3, 224, 224)
     out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert out.shape[1] > inputs["input_ids"].shape[1]
@@ -226,7 +299,7 @@ def test_trained_connector_describes_heldout_images_far_better_than_random(loade
 
     model, processor = loaded
     items = eval_items(8, seed=99)  # easy-VQA *test* images
-    batcher = DescriptionBatcher(processor)
+    batcher = DescriptionBatcher(processor, model.config.image_seq_length)
     prefix = PrefixCache(model, batcher.prefix_ids)
     trained = heldout_loss(model, batcher, items, prefix=prefix)
     with random_connector():
@@ -264,7 +337,20 @@ def test_train_connector_cli_writes_weights_and_record(tmp_path):
         == 0
     )
     sd = load_file(str(out))
-    assert sd["linear_1.weight"].shape == (576, 1280) and sd["linear_2.weight"].shape == (576, 576)
+    assert list(sd) == ["spatial.weight"] and sd["spatial.weight"].shape == (576, 1281)
     rec = json.loads(out.with_suffix(".json").read_text())
     assert rec["settings"]["steps"] == 2 and len(rec["losses"]["history"]) == 3
     assert "--steps 2" in rec["command"]
+
+
+def test_the_photo_check_counts_whole_names_only():
+    from projector.models.aim_mini.photos import load_photos, names_object
+
+    assert names_object("The picture is a Moped.", ("moped",))
+    assert names_object("Two cats on a mat.", ("cat",))
+    assert names_object("a military uniform", ("military uniform",))
+    assert not names_object("A cathedral at night.", ("cat",))
+    assert not names_object("The picture is a bobsleigh.", ("astronaut", "person", "woman"))
+    photos = load_photos()
+    assert len(photos) == 10 and all(p.names for p in photos)
+    assert {"astronaut.jpg", "cat.jpg", "coffee.jpg", "rocket.jpg"} <= {p.file for p in photos}
