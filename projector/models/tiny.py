@@ -12,6 +12,7 @@ import argparse
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -68,6 +69,29 @@ def _train_tokenizer(
     )
 
 
+HIDDEN, HEAD_DIM = 128, 64
+
+
+def decoder_args(tokenizer: Any) -> dict[str, Any]:
+    """The tiny decoder's config arguments; the tiny builds of other architectures share them."""
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=HIDDEN,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=HIDDEN // HEAD_DIM,
+        num_key_value_heads=HIDDEN // HEAD_DIM,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        # Wider than the usual 0.02 so random logits have clear winners: greedy decoding then
+        # agrees across engines and batch shapes instead of flipping on float rounding.
+        initializer_range=0.2,
+    )
+
+
 def build_tiny_llava(out_dir: Path, *, seed: int = 0, image_size: int = 64, patch_size: int = 16) -> Path:
     """Build the tiny model, processor and tokenizer into ``out_dir`` and return it."""
     from transformers import (
@@ -82,24 +106,7 @@ def build_tiny_llava(out_dir: Path, *, seed: int = 0, image_size: int = 64, patc
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = _train_tokenizer(vocab_size=1024)
-    vocab_size = len(tokenizer)
-    text_config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=64,
-        max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-        # Wider than the usual 0.02 so random logits have clear winners: greedy decoding then
-        # agrees across engines and batch shapes instead of flipping on float rounding.
-        initializer_range=0.2,
-    )
+    text_config = LlamaConfig(head_dim=HEAD_DIM, **decoder_args(tokenizer))
     vision_config = CLIPVisionConfig(
         hidden_size=64,
         intermediate_size=128,

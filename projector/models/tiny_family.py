@@ -20,12 +20,11 @@ from typing import Any
 
 import torch
 
-from projector.models.tiny import IMAGE_TOKEN, _train_tokenizer
+from projector.models.tiny import HEAD_DIM, HIDDEN, IMAGE_TOKEN, _train_tokenizer, decoder_args
 
 RECIPE_VERSION = 1
 RECIPE_PREFIX = "tiny-family-v"  # recipe names of these builds: random-weight models for tests
 VOCAB_SIZE = 1024
-HIDDEN, HEAD_DIM = 128, 64
 
 # Idefics3's processor writes these around each image tile; they must be single tokens.
 IDEFICS3_TOKENS = (
@@ -36,28 +35,10 @@ IDEFICS3_TOKENS = (
 )
 
 
-def _decoder_args(tokenizer: Any) -> dict[str, Any]:
-    return dict(
-        vocab_size=len(tokenizer),
-        hidden_size=HIDDEN,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=HIDDEN // HEAD_DIM,
-        num_key_value_heads=HIDDEN // HEAD_DIM,
-        max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-        # As in tiny: random logits with clear winners, so greedy tokens agree across engines.
-        initializer_range=0.2,
-    )
-
-
 def _llama(tokenizer: Any) -> Any:
     from transformers import LlamaConfig
 
-    return LlamaConfig(head_dim=HEAD_DIM, **_decoder_args(tokenizer))
+    return LlamaConfig(head_dim=HEAD_DIM, **decoder_args(tokenizer))
 
 
 def _clip(image_size: int, patch_size: int) -> Any:
@@ -137,7 +118,7 @@ def _llava_onevision() -> tuple[Any, Any]:
     )
     config = LlavaOnevisionConfig(
         vision_config=vision,
-        text_config=Qwen2Config(**_decoder_args(tokenizer)),
+        text_config=Qwen2Config(**decoder_args(tokenizer)),
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
         image_grid_pinpoints=grids,
@@ -207,7 +188,7 @@ def _qwen2_vl() -> tuple[Any, Any]:
         extra_special_tokens=("<|vision_start|>", "<|vision_end|>", "<|video_pad|>"),
         add_bos=False,
     )
-    text = _decoder_args(tokenizer)
+    text = decoder_args(tokenizer)
     # M-RoPE: the 32 rotary frequencies of a 64-wide head split into (time, height, width) sections.
     text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]}
     config = Qwen2VLConfig(
