@@ -92,11 +92,25 @@ def decoder_args(tokenizer: Any) -> dict[str, Any]:
     )
 
 
+def clip_vision_config(image_size: int, patch_size: int) -> Any:
+    """The tiny CLIP-style vision tower's config; the tiny builds of other architectures share it."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=64,
+    )
+
+
 def build_tiny_llava(out_dir: Path, *, seed: int = 0, image_size: int = 64, patch_size: int = 16) -> Path:
     """Build the tiny model, processor and tokenizer into ``out_dir`` and return it."""
     from transformers import (
         CLIPImageProcessorPil,
-        CLIPVisionConfig,
         LlamaConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
@@ -107,15 +121,7 @@ def build_tiny_llava(out_dir: Path, *, seed: int = 0, image_size: int = 64, patc
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = _train_tokenizer(vocab_size=1024)
     text_config = LlamaConfig(head_dim=HEAD_DIM, **decoder_args(tokenizer))
-    vision_config = CLIPVisionConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=image_size,
-        patch_size=patch_size,
-        projection_dim=64,
-    )
+    vision_config = clip_vision_config(image_size, patch_size)
     config = LlavaConfig(
         vision_config=vision_config,
         text_config=text_config,

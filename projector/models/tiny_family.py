@@ -20,7 +20,14 @@ from typing import Any
 
 import torch
 
-from projector.models.tiny import HEAD_DIM, HIDDEN, IMAGE_TOKEN, _train_tokenizer, decoder_args
+from projector.models.tiny import (
+    HEAD_DIM,
+    HIDDEN,
+    IMAGE_TOKEN,
+    _train_tokenizer,
+    clip_vision_config,
+    decoder_args,
+)
 
 RECIPE_VERSION = 1
 RECIPE_PREFIX = "tiny-family-v"  # recipe names of these builds: random-weight models for tests
@@ -39,20 +46,6 @@ def _llama(tokenizer: Any) -> Any:
     from transformers import LlamaConfig
 
     return LlamaConfig(head_dim=HEAD_DIM, **decoder_args(tokenizer))
-
-
-def _clip(image_size: int, patch_size: int) -> Any:
-    from transformers import CLIPVisionConfig
-
-    return CLIPVisionConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=image_size,
-        patch_size=patch_size,
-        projection_dim=64,
-    )
 
 
 def _processor_class(real: type, model_type: str) -> type:
@@ -74,7 +67,7 @@ def _llava_next() -> tuple[Any, Any]:
     tokenizer = _train_tokenizer(VOCAB_SIZE)
     grids = [[32, 64], [64, 32], [64, 64]]
     config = LlavaNextConfig(
-        vision_config=_clip(32, 16),
+        vision_config=clip_vision_config(32, 16),
         text_config=_llama(tokenizer),
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         image_grid_pinpoints=grids,
