@@ -18,7 +18,7 @@ from server.settings import Settings
 
 PINNED = {
     "tiny": "0951d959a1c465ea",
-    "aim-mini": "7cd8e395750e0f49",
+    "aim-mini": "eafc799ae19ed4bd",
 }
 
 

@@ -22,7 +22,7 @@ import torch
 
 from projector.templates import RECIPE_FILE
 
-from . import DEFAULT_CONNECTOR
+from . import DEFAULT_CONNECTOR, faces
 from .caption import (
     CLASS_NAMES_FILE,
     COLOUR,
@@ -30,6 +30,7 @@ from .caption import (
     FOREGROUND_DISTANCE,
     NAMED,
     PALETTE,
+    PERSON,
     UNNAMED,
     CaptionTables,
     build_tables,
@@ -72,7 +73,7 @@ CHAT_TEMPLATE = (
 
 
 # Bump when what build_aim_mini writes changes: cached builds are keyed by it.
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 
 # One user turn of CHAT_TEMPLATE with the generation prompt, written out; {content} is the turn.
 QUERY_CHAT_TEMPLATE = (
@@ -147,10 +148,12 @@ def load_spatial_connector(path: Path) -> torch.Tensor:
 
 
 def caption_sha256() -> str:
-    """What the caption is made of (with the tokenizer): class names, phrases, palette, and the
-    thresholds that are code constants (the name threshold is in the tower's config)."""
+    """What the caption is made of (with the tokenizer): class names, phrases, palette, the face
+    detector's settings, and the thresholds that are code constants (the name threshold is in the
+    tower's config)."""
     h = hashlib.sha256(CLASS_NAMES_FILE.read_bytes())
-    parts = [NAMED, UNNAMED, COLOUR, PALETTE, FLAT_BORDER_STD, FOREGROUND_DISTANCE]
+    detector = [faces.CASCADE, faces.SCALE_FACTOR, faces.MIN_NEIGHBORS, faces.MIN_FACE_FRACTION]
+    parts = [NAMED, PERSON, UNNAMED, COLOUR, PALETTE, FLAT_BORDER_STD, FOREGROUND_DISTANCE, detector]
     h.update(json.dumps(parts, sort_keys=True).encode())
     return h.hexdigest()
 

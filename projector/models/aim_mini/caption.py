@@ -8,7 +8,8 @@ also writes a short caption, ``"\\nThis is a photo of a tabby cat. It is brown."
 connector's columns for that vocabulary are the decoder's own input embeddings of those words. The
 decoder then reads the class name exactly as it would read it in text, so SmolLM2's knowledge of
 "tabby cat" or "espresso" is what answers. Colour comes from pixels (the CNN features lose it): the
-most frequent named colour among the pixels that differ from the image's border.
+most frequent named colour among the pixels that differ from the image's border. ImageNet has no class
+for a person: a photo with a face (``faces.py``) is captioned as one.
 
 Everything here is data plus two small tensor functions; ``CaptionTables`` is built once at model
 build time from the tokenizer and stored in the tower as buffers.
@@ -24,6 +25,7 @@ import torch
 CLASS_NAMES_FILE = Path(__file__).resolve().parent / "assets" / "imagenet_classes.txt"
 
 NAMED = "\nThis is a photo of {article} {name}"
+PERSON = "person"  # the name written for a photo with a face
 UNNAMED = "\nThis is a picture"
 COLOUR = ". It is {colour}."
 
@@ -74,7 +76,8 @@ class CaptionTables:
     """Token tables of the caption, in word ids (indices into ``word_token_ids``); -1 pads a row.
 
     - ``class_name``: [1000] row of ``name_words`` for each class (classes may share a name);
-    - ``name_words``: [names + 1, A] the caption's first part per name; the last row is ``UNNAMED``;
+    - ``name_words``: [names + 2, A] the caption's first part per class name, then ``PERSON``'s, then
+      ``UNNAMED`` (the last row);
     - ``colour_words``: [colours, C] the colour sentence per palette colour;
     - ``palette``: [colours, 3] in [0, 1];
     - ``word_token_ids``: [V] the decoder token id of each word id.
@@ -105,7 +108,7 @@ def build_tables(tokenizer, names: list[str] | None = None) -> CaptionTables:
     """Tokenise every caption part once; the word vocabulary is the set of tokens they use."""
     names = names if names is not None else class_names()
     distinct = list(dict.fromkeys(names))  # "missile" is two ImageNet classes: one name, summed
-    texts = [NAMED.format(article=article(n), name=n) for n in distinct] + [UNNAMED]
+    texts = [NAMED.format(article=article(n), name=n) for n in distinct + [PERSON]] + [UNNAMED]
     colours = [COLOUR.format(colour=c) for c in PALETTE]
 
     def ids(text: str) -> list[int]:
@@ -157,22 +160,25 @@ def caption_words(
     probs: torch.Tensor,
     colour: torch.Tensor,
     flat: torch.Tensor,
+    face: torch.Tensor,
     class_name: torch.Tensor,
     name_words: torch.Tensor,
     colour_words: torch.Tensor,
     threshold: float = NAME_THRESHOLD,
 ) -> torch.Tensor:
-    """[B, 1000] class probabilities, [B] colours and [B] flat backgrounds -> [B, L] word ids,
-    left-padded with -1.
+    """[B, 1000] class probabilities, [B] colours, [B] flat backgrounds and [B] faces found -> [B, L]
+    word ids, left-padded with -1.
 
     Probabilities of classes that share a name are summed; the best name is written for a photo, and
-    for a flat-background image when it reaches ``threshold``."""
-    n_names = name_words.shape[0] - 1
-    by_name = torch.zeros(probs.shape[0], n_names, dtype=probs.dtype, device=probs.device)
+    for a flat-background image when it reaches ``threshold``. A photo with a face is a person's."""
+    unnamed = name_words.shape[0] - 1
+    person = unnamed - 1
+    by_name = torch.zeros(probs.shape[0], person, dtype=probs.dtype, device=probs.device)
     by_name.index_add_(1, class_name.to(probs.device), probs)
     best_p, best = by_name.max(dim=1)
-    named = (best_p >= threshold) | ~flat.to(probs.device)
-    rows = torch.where(named, best, torch.full_like(best, n_names))
+    photo = ~flat.to(probs.device)
+    rows = torch.where((best_p >= threshold) | photo, best, torch.full_like(best, unnamed))
+    rows = torch.where(photo & face.to(probs.device), torch.full_like(best, person), rows)
     length = name_words.shape[1] + colour_words.shape[1]
     out = torch.full((probs.shape[0], length), -1, dtype=torch.long, device=probs.device)
     for i, (r, c) in enumerate(zip(rows.tolist(), colour.tolist(), strict=True)):

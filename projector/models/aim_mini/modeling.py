@@ -26,6 +26,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .caption import NAME_THRESHOLD, caption_words, image_statistics
 from .efficientnet_lite import HEAD_CHANNELS, EfficientNetLite0
+from .faces import has_face
 
 MODEL_TYPE = "aim_efficientnet_lite"
 
@@ -164,12 +165,17 @@ class AimEfficientNetLiteVisionModel(AimEfficientNetLitePreTrainedModel):
         then the caption's one-hot word tokens."""
         cfg = self.config
         probs = self.encoder.classifier(pooled.float()).softmax(dim=-1)
-        # The processor normalised with mean = std = 0.5: back to [0, 1] for colour naming.
-        colour, flat = image_statistics(pixel_values.float() * 0.5 + 0.5, self.caption_palette)
+        # The processor normalised with mean = std = 0.5: back to [0, 1] for colour and faces.
+        pixels = pixel_values.float() * 0.5 + 0.5
+        colour, flat = image_statistics(pixels, self.caption_palette)
+        face = torch.zeros_like(flat)
+        if not flat.all():  # a drawing or rendered shape is nobody's portrait: only photos are searched
+            face[~flat] = has_face(pixels[~flat])
         words = caption_words(
             probs,
             colour,
             flat,
+            face,
             self.caption_class_name,
             self.caption_name_words,
             self.caption_colour_words,

@@ -203,6 +203,11 @@ def test_the_caption_reaches_the_decoder_as_exact_word_embeddings(loaded):
     assert re.fullmatch(r"\nThis is a photo of an? (tiger cat|tabby cat|Egyptian Mau)\. It is \w+\.", cat)
     espresso = _caption(model, processor, Image.open(ASSETS / "coffee.jpg"))
     assert espresso.startswith("\nThis is a photo of an espresso."), espresso
+    # ImageNet has no person (its classifier says "bobsleigh" here): the face detector names one
+    from projector.models.aim_mini.photos import DEFAULT_PHOTOS
+
+    astronaut = _caption(model, processor, Image.open(DEFAULT_PHOTOS / "astronaut.jpg"))
+    assert astronaut.startswith("\nThis is a photo of a person."), astronaut
     # a rendered shape scores low on every ImageNet class: no name, but its colour
     shape = Image.new("RGB", (64, 64), (238, 253, 247))
     shape.paste((0, 128, 128), (16, 16, 48, 48))
@@ -228,19 +233,24 @@ def test_main_colour_counts_foreground_pixels_only_and_a_flat_border_is_seen():
 def test_a_name_is_written_for_photos_and_for_confident_flat_images():
     from projector.models.aim_mini.caption import caption_words
 
-    # two names ("cat": classes 0 and 1, "cup": class 2) + the unnamed row; colour sentences of 1 word
+    # two names ("cat": classes 0 and 1, "cup": class 2), the person row and the unnamed row;
+    # colour sentences of 1 word
     class_name = torch.tensor([0, 0, 1])
-    name_words = torch.tensor([[10, 11, -1], [10, 12, 13], [14, -1, -1]])
+    name_words = torch.tensor([[10, 11, -1], [10, 12, 13], [10, 15, -1], [14, -1, -1]])
     colour_words = torch.tensor([[20], [21]])
-    probs = torch.tensor([[0.1, 0.15, 0.75], [0.1, 0.15, 0.75], [0.06, 0.06, 0.15], [0.5, 0.2, 0.3]])
-    colour = torch.tensor([0, 1, 0, 1])
-    flat = torch.tensor([False, True, True, True])
-    words = caption_words(probs, colour, flat, class_name, name_words, colour_words, threshold=0.2)
+    cup, unsure, cat = [0.1, 0.15, 0.75], [0.06, 0.06, 0.15], [0.5, 0.2, 0.3]
+    probs = torch.tensor([cup, cup, unsure, cat, cup, cup])
+    colour = torch.tensor([0, 1, 0, 1, 0, 1])
+    flat = torch.tensor([False, True, True, True, False, True])
+    face = torch.tensor([False, False, False, False, True, True])
+    words = caption_words(probs, colour, flat, face, class_name, name_words, colour_words, threshold=0.2)
     assert words.tolist() == [
         [10, 12, 13, 20],  # a photo: its best name, "cup" (0.75 > 0.25 for "cat")
         [10, 12, 13, 21],  # flat, but confident
         [-1, -1, 14, 20],  # flat and no name reaches 0.2 ("cat" 0.12, "cup" 0.15): unnamed, left-padded
         [-1, 10, 11, 21],  # "cat" = 0.5 + 0.2, summed over its two classes
+        [-1, 10, 15, 20],  # a photo with a face is a person's, whatever the classifier says
+        [10, 12, 13, 21],  # a face on a flat image is not believed: drawings are nobody's portrait
     ]
 
 
