@@ -136,8 +136,9 @@ def test_aim_mini_names_what_is_in_photos_it_never_saw(server):
             assert r.status_code == 200, r.text
             answers[p.file] = r.json()["text"]
     named = [p.file for p in photos if names_object(answers[p.file], p.names)]
-    # Most: 6 of the 10 as they are (projector/models/aim_mini/README.md; every photo whose ImageNet
-    # top class is right). The connector before the caption named none.
+    # Most: 7 of the 10 as they are were named when measured (projector/models/aim_mini/README.md:
+    # the two portraits by the face detector, five by a right ImageNet top class); the connector
+    # before the caption named none. One miss of margin.
     assert len(named) >= 6, answers
 
 
