@@ -52,6 +52,14 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
         default=0.1,
         help="--init lstsq: ridge strength, relative to the mean diagonal of the hidden states' Gram matrix",
     )
+    p.add_argument(
+        "--init-vocabulary",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="--init lstsq: add N demonstrations naming the episodes' images with made-up words, so the "
+        "map covers subword tokens the episodes never use (0: the episodes alone)",
+    )
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)

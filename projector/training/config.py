@@ -32,6 +32,7 @@ class TrainConfig:
     teacher_top_k: int = 64  # teacher log-probs kept per answer token (0: the whole vocabulary)
     init: Literal["identity", "lstsq"] = "identity"
     ridge: float = 0.1  # init lstsq: relative to the mean diagonal of the hidden states' Gram matrix
+    init_vocabulary: int = 2000  # init lstsq: made-up-word demonstrations added to the fit's rows
     steps: int = 500
     batch_size: int = 4
     lr: float = 1e-3

@@ -48,6 +48,25 @@ POSITIONS = (
 TRAIN_NONCE_WORDS = ("lorp", "vek", "snib", "quoff", "trelb", "mib", "gorp", "yeen", "plonk", "darsh", "nuv",
                      "spaw", "frell", "obin", "tesk", "wimble")  # fmt: skip
 BINDING_TEMPLATE = "This object is named"
+# Made-up words for the least-squares initialisation's vocabulary demonstrations (``vocabulary_pairs``):
+# a linear map fitted only on the episodes' texts can only emit the few hundred tokens they use, and an
+# evaluation label ("blicket") is made of subword pieces they never do.
+VOCABULARY_WORDS = 2000
+# Two or three closed syllables (consonant, vowel, consonant), no w- or z- onset: no such word is an
+# evaluation label (``check_split`` verifies it) and each takes several subword tokens.
+_ONSETS, _NUCLEI, _CODAS = "bdfghklmnprstv", "aeiou", "bdfgklmnprstxz"
+
+
+def vocabulary_words(n: int = VOCABULARY_WORDS, seed: int = 0) -> tuple[str, ...]:
+    """``n`` distinct made-up words, the same for a given seed."""
+    rng = random.Random(f"vocabulary/{seed}")
+    words: dict[str, None] = {}
+    while len(words) < n:
+        syllables = [
+            rng.choice(_ONSETS) + rng.choice(_NUCLEI) + rng.choice(_CODAS) for _ in range(rng.randint(2, 3))
+        ]
+        words["".join(syllables)] = None
+    return tuple(words)
 
 
 @dataclass(frozen=True)
@@ -78,6 +97,7 @@ TRAINING_TASKS = (
     ),  # fmt: skip
     TaskSpec("fashion-claim", ("Claim: this is {article} {name}. Verdict:",), frozenset({"true", "false"})),
     TaskSpec("binding", (BINDING_TEMPLATE,), frozenset(TRAIN_NONCE_WORDS)),
+    TaskSpec("vocabulary", (BINDING_TEMPLATE,), frozenset(vocabulary_words())),  # --init lstsq only
     TaskSpec("reconstruction", ("\nRepeat:",)),  # the trainer's reconstruction cue (RECONSTRUCTION_CUE)
 )
 
@@ -233,3 +253,15 @@ def binding_episodes(
         query = Pair(pool[picks[query_class].pop()][0], BINDING_TEMPLATE)
         episodes.append(Episode(demos, query, names[query_class]))
     return episodes
+
+
+def vocabulary_pairs(episodes: list[Episode], n: int = VOCABULARY_WORDS, seed: int = 0) -> list[Pair]:
+    """``n`` demonstrations that name the episodes' own images with ``vocabulary_words``: rows for the
+    least-squares initialisation that cover subword tokens the episodes' texts never use."""
+    images = list({d.key: d.image for ep in episodes for d in ep.demonstrations}.values())
+    if not images:
+        return []
+    return [
+        Pair(images[i % len(images)], demo_text(BINDING_TEMPLATE, word))
+        for i, word in enumerate(vocabulary_words(n, seed))
+    ]

@@ -34,6 +34,7 @@ from projector.training.config import TrainConfig, TrainingError
 from projector.training.distill import TeacherCache, topk_kl
 from projector.training.episodes import Episode
 from projector.training.features import FeatureCache
+from projector.training.generic import vocabulary_pairs
 from projector.training.init import lstsq_init
 from projector.training.sources import load_sources
 from projector.training.state import STATE_JSON, load_state, save_state
@@ -251,7 +252,8 @@ def train(config: TrainConfig) -> dict:
         step, best = int(info["step"]), float(info["best_heldout"])
         log.info("resumed at step %d (best held-out %.4f)", step, best)
     elif config.init == "lstsq":
-        rows = lstsq_init(projector, train_eps, cache, ridge=config.ridge)
+        vocabulary = vocabulary_pairs(train_eps, config.init_vocabulary) if config.init_vocabulary else []
+        rows = lstsq_init(projector, train_eps, cache, ridge=config.ridge, vocabulary=vocabulary)
         log.info("least-squares initialisation from %d token rows", rows)
     else:
         log_path.unlink(missing_ok=True)
@@ -271,6 +273,8 @@ def train(config: TrainConfig) -> dict:
             "kind": config.kind,
             "layer": config.layer,
             "init": config.init,
+            "init_vocabulary": config.init_vocabulary if config.init == "lstsq" else None,
+            "ridge": config.ridge if config.init == "lstsq" else None,
             "data": config.data,
             "episodes": len(train_eps),
             "heldout_episodes": n_held,
