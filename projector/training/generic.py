@@ -258,10 +258,10 @@ def binding_episodes(
 def vocabulary_pairs(episodes: list[Episode], n: int = VOCABULARY_WORDS, seed: int = 0) -> list[Pair]:
     """``n`` demonstrations that name the episodes' own images with ``vocabulary_words``: rows for the
     least-squares initialisation that cover subword tokens the episodes' texts never use."""
-    images = list({d.key: d.image for ep in episodes for d in ep.demonstrations}.values())
-    if not images:
+    demos = list({d.key: d for ep in episodes for d in ep.demonstrations}.values())
+    if not demos:
         return []
     return [
-        Pair(images[i % len(images)], demo_text(BINDING_TEMPLATE, word))
+        Pair(demos[i % len(demos)].image, demo_text(BINDING_TEMPLATE, word), demos[i % len(demos)].base_dir)
         for i, word in enumerate(vocabulary_words(n, seed))
     ]
