@@ -64,6 +64,7 @@ class DemonstrationEncoding:
     image_tokens: int  # image tokens the demonstration occupied in the backbone's prompt
     raw_tokens: int  # what the demonstration costs as an ordinary multimodal prompt segment
     image_embedding: torch.Tensor | None = None  # [hidden] float32: see image_embedding()
+    text_embeds: torch.Tensor | None = None  # [text_tokens, hidden]: those tokens' input embeddings
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,7 @@ class Backbone:
             image_tokens=image_tokens,
             raw_tokens=int(is_counted.sum()),
             image_embedding=image_embedding(out.hidden_states[0][0], ids == self.image_token_id),
+            text_embeds=out.hidden_states[0][0][is_counted & ~is_image].detach().clone(),
         )
 
     def embed_query(
@@ -336,6 +338,7 @@ class Backbone:
                     image_embedding=image_embedding(
                         out.hidden_states[0][row], (ids == self.image_token_id) & real
                     ),
+                    text_embeds=out.hidden_states[0][row][is_counted & ~is_image].detach().clone(),
                 )
             )
         return encodings

@@ -49,7 +49,8 @@ class AimEncoder:
 
     def _fused(self, encoding: DemonstrationEncoding) -> FusedDemonstration:
         proj_dtype = next(self.projector.parameters()).dtype
-        fused = self.projector(encoding.hidden_states.to(proj_dtype))
+        text = encoding.text_embeds.to(proj_dtype) if self.projector.needs_text else None
+        fused = self.projector(encoding.hidden_states.to(proj_dtype), text)
         return FusedDemonstration(
             fused_tokens=self._out(fused),
             image_tokens=encoding.image_tokens,

@@ -34,8 +34,10 @@ class ProjectorMismatchError(ValueError):
 class ProjectorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["linear", "mlp"] = Field(
-        "linear", description="linear: Linear(d, d); mlp: x + W2·gelu(W1·x)"
+    kind: Literal["linear", "mlp", "residual"] = Field(
+        "linear",
+        description="linear: Linear(d, d); mlp: x + W2·gelu(W1·x); residual: e + Linear(d, d)(x), e the "
+        "demonstration text's own input embeddings",
     )
     hidden_size: int = Field(gt=0)
     layer: int = Field(-1, description="which backbone hidden-state layer feeds the projector")
@@ -57,6 +59,12 @@ class Projector(nn.Module):
             if config.kind == "linear":
                 self.linear.weight.copy_(torch.eye(d))
                 self.linear.bias.zero_()
+        if config.kind == "residual":
+            # Starts as the demonstration's text alone (the hidden-state term at zero): the words, labels
+            # included, reach the decoder exactly, and training adds what the hidden states know of the image.
+            with torch.no_grad():
+                self.linear.weight.zero_()
+                self.linear.bias.zero_()
         if config.kind == "mlp":
             # Residual MLP whose output layer starts at zero: identity at initialisation too. The hidden
             # layer is seeded: its weights enter the bank fingerprint, which must be the same at every
@@ -70,9 +78,22 @@ class Projector(nn.Module):
             nn.init.zeros_(self.out.weight)
             nn.init.zeros_(self.out.bias)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    @property
+    def needs_text(self) -> bool:
+        """Whether ``forward`` also takes the demonstration text's input embeddings."""
+        return self.config.kind == "residual"
+
+    def forward(self, hidden_states: torch.Tensor, text_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Fused tokens [n, d] from the hidden states at a demonstration's n text positions (and, for
+        ``residual``, the input embeddings of the same n tokens)."""
         if self.config.kind == "linear":
             return self.linear(hidden_states)
+        if self.config.kind == "residual":
+            if text_embeds is None or text_embeds.shape != hidden_states.shape:
+                raise ValueError(
+                    "a residual projector needs the text's input embeddings, one row per hidden state"
+                )
+            return text_embeds.to(hidden_states.dtype) + self.linear(hidden_states)
         return hidden_states + self.out(nn.functional.gelu(self.linear(hidden_states)))
 
     # -- checkpoint format ----------------------------------------------------------------------

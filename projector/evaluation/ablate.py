@@ -2,7 +2,7 @@
 per task (raw ICL, the teacher, computed once and shared), write one table.
 
 Cells: objective (``lm``, ``kl``, ``both``, ``both+rec``: both plus ``--reconstruction``) x hidden-state
-layer (``last``, ``middle``: the decoder's middle layer) x projector kind (``linear``, ``mlp``) x steps.
+layer (``last``, ``middle``: the decoder's middle layer) x projector kind (``linear``, ``mlp``, ``residual``) x steps.
 
     python -m projector.evaluation.ablate --model tiny --data generic:200 --data binding:100 \\
         --out runs/ablate --steps 20 --benchmark binding --benchmark description --n-test 8 --shots 0,2,4
@@ -27,7 +27,7 @@ from projector.training.episodes import DataError
 
 OBJECTIVES = ("lm", "kl", "both", "both+rec")
 LAYERS = ("last", "middle")
-KINDS = ("linear", "mlp")
+KINDS = ("linear", "mlp", "residual")
 log = logging.getLogger("aim.ablate")
 
 

@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
                    help="generic[:N] | scenes[:N] | binding[:N] | jsonl:PATH | mmc4:PATH:IMAGE_DIR | "
                         "obelics:PATH:IMAGE_DIR (repeatable)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="output directory (projector checkpoint + state)")
-    p.add_argument("--kind", choices=["linear", "mlp"], default="linear")
+    p.add_argument("--kind", choices=["linear", "mlp", "residual"], default="linear")
     p.add_argument("--layer", type=int, default=-1, help="backbone hidden-state layer (default: last)")
     p.add_argument("--objective", choices=["lm", "kl", "both"], default="lm",
                    help="lm: cross-entropy on the answer; kl: distil the raw-ICL teacher's next-token "

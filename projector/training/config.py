@@ -22,7 +22,7 @@ class TrainConfig:
         str
     ]  # generic[:N] | scenes[:N] | binding[:N] | jsonl:PATH | mmc4:… | obelics:… (see sources.py)
     out: Path  # output directory (projector checkpoint + state)
-    kind: Literal["linear", "mlp"] = "linear"
+    kind: Literal["linear", "mlp", "residual"] = "linear"
     layer: int = -1  # backbone hidden-state layer (default: last)
     objective: Literal["lm", "kl", "both"] = (
         "lm"  # lm: answer cross-entropy; kl: distil raw ICL; both: lm + kl

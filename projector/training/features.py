@@ -62,6 +62,47 @@ class FeatureCache:
                 self._demo[key] = h
         return self._demo[key]
 
+    def demonstrations(self, pairs: list[Pair], *, batch_size: int = 8) -> list[torch.Tensor]:
+        """``demonstration`` of every pair, the missing ones computed ``batch_size`` at a time in one
+        padded forward each (equal to one at a time up to float rounding: ``Backbone.encode_demonstrations``)."""
+        missing = list({p.key: p for p in pairs if p.key not in self._demo and not self._on_disk(p)}.values())
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start : start + batch_size]
+            with torch.no_grad():
+                encs = self.backbone.encode_demonstrations(
+                    [(p.load(), p.text) for p in chunk], layer=self.layer
+                )
+            for pair, enc in zip(chunk, encs, strict=True):
+                h = enc.hidden_states.float().cpu().contiguous()
+                path = self._disk("d", pair.key)
+                if path is not None:
+                    save_file({"h": h}, str(path))
+                self._demo[pair.key] = h
+        return [self.demonstration(p) for p in pairs]
+
+    def _on_disk(self, pair: Pair) -> bool:
+        path = self._disk("d", pair.key)
+        return path is not None and path.exists()
+
+    def demonstration_text(self, pair: Pair) -> torch.Tensor:
+        """The input embeddings of the demonstration's text tokens, one row per ``demonstration`` row
+        (what ``DemonstrationEncoding.text_embeds`` holds: a lookup, no forward)."""
+        template = self.backbone.templates.demonstration.format(text=pair.text)
+        ids, emb = self.target(template)
+        skip = set(self.backbone.special_ids.tolist()) | {self.backbone.image_token_id}
+        keep = torch.tensor([int(i) not in skip for i in ids])
+        rows = emb[keep]
+        if rows.shape[0] != self.demonstration(pair).shape[0]:
+            raise ValueError(
+                f"{pair.text!r}: {rows.shape[0]} text tokens, {self.demonstration(pair).shape[0]} hidden states"
+            )
+        return rows
+
+    def fused(self, pair: Pair, projector, device: torch.device) -> torch.Tensor:
+        """The projector's fused tokens for a demonstration, from the cached features."""
+        text = self.demonstration_text(pair).to(device) if projector.needs_text else None
+        return projector(self.demonstration(pair).to(device), text)
+
     def query(self, pair: Pair) -> QueryFeatures:
         key = pair.key
         if key not in self._query:

@@ -28,8 +28,8 @@ def lstsq_init(projector: Projector, episodes: list[Episode], cache: FeatureCach
     special = set(backbone.special_ids.tolist()) | {backbone.image_token_id}
     demos = list({d.key: d for ep in episodes for d in ep.demonstrations}.values())[:max_items]
     hs, es = [], []
-    for d in demos + list(vocabulary):
-        h = cache.demonstration(d)
+    pairs = demos + list(vocabulary)
+    for d, h in zip(pairs, cache.demonstrations(pairs), strict=True):
         prompt = backbone.templates.demonstration.format(text=d.text)
         ids = [i for i in backbone.tokenizer(prompt)["input_ids"] if i not in special]
         if len(ids) != h.shape[0]:

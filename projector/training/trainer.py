@@ -70,7 +70,7 @@ def episode_embeds(
     """(inputs_embeds [L, d], labels [L]) for one episode; only the target tokens are labelled."""
     q = cache.query(ep.query)
     ids, target = cache.target(ep.target)
-    fused = [projector(cache.demonstration(d).to(device)) for d in ep.demonstrations]
+    fused = [cache.fused(d, projector, device) for d in ep.demonstrations]
     query = QueryEmbedding(prefix=q.prefix.to(device), body=q.body.to(device), image_tokens=0)
     embeds = torch.cat([assemble_prompt(query, fused), target.to(device)], dim=0)
     labels = torch.full((embeds.shape[0],), -100, dtype=torch.long, device=device)
@@ -87,7 +87,7 @@ def reconstruction_embeds(
     prefix = cache.query(ep.query).prefix.to(device)
     _, cue = cache.target(RECONSTRUCTION_CUE)
     ids, text = cache.target(demo.text)
-    fused = projector(cache.demonstration(demo).to(device))
+    fused = cache.fused(demo, projector, device)
     embeds = torch.cat([prefix, fused, cue.to(device), text.to(device)], dim=0)
     labels = torch.full((embeds.shape[0],), -100, dtype=torch.long, device=device)
     labels[-ids.numel() :] = ids.to(device)

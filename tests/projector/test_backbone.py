@@ -81,7 +81,28 @@ def test_identity_projector_passes_hidden_states_through(backbone: Backbone):
     assert torch.equal(fused.fused_tokens, backbone.encode_demonstration(image, "x y z").hidden_states)
 
 
-@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_an_untrained_residual_projector_gives_the_text_itself(backbone: Backbone):
+    """kind residual = the text's input embeddings + a linear map of the hidden states, starting at 0:
+    untrained, a demonstration's fused tokens are exactly its words; the training cache's lookup of
+    those embeddings equals what the backbone's forward hands the decoder."""
+    from projector.training.episodes import Pair
+    from projector.training.features import FeatureCache
+
+    image, text = decode_png(png_b64("red")), "Q: What colour? A: red"
+    projector = Projector.identity(backbone=backbone.name, hidden_size=backbone.hidden_size, kind="residual")
+    fused = AimEncoder(backbone, projector, dtype=torch.float32).encode_demonstration(image, text)
+    encoding = backbone.encode_demonstration(image, text)
+    ids = backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
+    words = backbone.model.get_input_embeddings()(torch.tensor(ids)).detach()
+    assert torch.equal(fused.fused_tokens[-len(ids) :], words)
+    assert torch.equal(encoding.text_embeds, fused.fused_tokens)
+    pair = Pair(image, text)
+    assert torch.equal(FeatureCache(backbone).demonstration_text(pair), encoding.text_embeds)
+    with pytest.raises(ValueError, match="needs the text's input embeddings"):
+        projector(encoding.hidden_states)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp", "residual"])
 def test_projector_checkpoint_round_trip(tmp_path: Path, kind: str):
     p = Projector.identity(backbone="bb", hidden_size=8, kind=kind)
     with torch.no_grad():
@@ -89,8 +110,8 @@ def test_projector_checkpoint_round_trip(tmp_path: Path, kind: str):
             param.add_(torch.randn_like(param))
     p.save(tmp_path / "ckpt")
     q = Projector.load(tmp_path / "ckpt", backbone="bb", hidden_size=8)
-    x = torch.randn(5, 8)
-    assert torch.equal(p(x), q(x))
+    x = (torch.randn(5, 8), torch.randn(5, 8)) if kind == "residual" else (torch.randn(5, 8),)
+    assert torch.equal(p(*x), q(*x))
     assert p.digest() == q.digest()
     assert p.digest() != Projector.identity(backbone="bb", hidden_size=8, kind=kind).digest()
 
@@ -132,7 +153,7 @@ def test_query_capture_does_not_disturb_generation_on_another_thread(backbone: B
 def test_an_untrained_projector_has_the_same_digest_at_every_start():
     from projector.projector import Projector
 
-    for kind in ("linear", "mlp"):
+    for kind in ("linear", "mlp", "residual"):
         digests = {Projector.identity(backbone="b", hidden_size=8, kind=kind).digest() for _ in range(3)}
         assert len(digests) == 1, kind
 
