@@ -1,12 +1,14 @@
 """Fidelity gate: a projector must make the decoder answer the binding task with one of the
-demonstrations' labels at least ``threshold`` of the time (raw multimodal ICL does so 100 % of the time
-on aim-mini; the identity projector 0 %).
+demonstrations' labels at least ``threshold`` of the time (on 40 items at k = 4, raw multimodal ICL
+does so 0.78 of the time on aim-mini, its shipped projector 0.93, every hidden-state-only projector
+tried 0.00-0.05: ``docs/fidelity.md``).
 
-``GATES`` names, per backbone, the checkpoint to hold to the gate. A gate marked ``pending`` is skipped
-with its reason while no checkpoint passes it: aim-mini's shipped projector, retrained with
-``--objective both`` on the captioning backbone, still copies no label (``docs/fidelity.md``,
-"Shipping"); when one does, drop ``pending`` and this test guards it. The gate itself is shown to
-fire: the identity projector on the tiny model fails it.
+``GATES`` names, per backbone, the checkpoint to hold to the gate; a gate marked ``pending`` is skipped
+with its reason. The gate itself is shown to fire: the identity projector on the tiny model fails it.
+
+Queries use the plain templates (``--plain-templates``), as every fidelity figure in the docs does: in
+aim-mini's chat format raw ICL itself copies no label (0.00 of 40 at k = 4: it answers in sentences),
+so there is no raw-ICL rate to hold AIM to (AIM copies 0.40 there).
 """
 
 from __future__ import annotations
@@ -35,20 +37,18 @@ class Gate:
 
 
 GATES = {
-    "aim-mini": Gate(
-        "aim-mini",
-        SHIPPED_PROJECTORS["aim-mini"],
-        threshold=0.8,
-        pending="the shipped aim-mini projector, retrained with --objective both on the current backbone, "
-        "copies no label yet (0.00 at k = 3, 4, 6 on 40 binding items; raw ICL 0.62-0.85)",
-    ),
+    # 0.6, i.e. 8 of 12: 0.9 x raw ICL's 0.78 is 0.70, the issue's bar, and 12 items are noisy. A
+    # projector copying at the measured 0.93 has 8 or more of 12 with probability 0.999 (at 0.70: 0.72);
+    # one that lost the labels (0.00-0.05) has it with probability < 1e-7.
+    "aim-mini": Gate("aim-mini", SHIPPED_PROJECTORS["aim-mini"], threshold=0.6),
 }
 
 
 def label_copy_rate(model: str, checkpoint: Path, out: Path, **eval_options) -> float:
     """The binding task's label-copy rate at ``SHOTS`` demonstrations, measured by ``aim eval`` itself."""
     config = EvalConfig(model=model, projector=checkpoint, benchmark="binding", settings="aim",
-                        n_test=BINDING_ITEMS, shots=str(SHOTS), out=out, quiet=True, **eval_options)  # fmt: skip
+                        n_test=BINDING_ITEMS, shots=str(SHOTS), out=out, quiet=True, plain_templates=True,
+                        **eval_options)  # fmt: skip
     summary = run(config)
     (row,) = [r for r in summary["results"] if r["setting"] == "aim" and r["k"] == SHOTS]
     return row["label_copy_rate"]
