@@ -26,27 +26,26 @@ from projector.training.generic import binding_episodes, generic_episodes, vocab
 
 
 def _features(backbone: Backbone, pairs: list[Pair], labels: list[str | None], layers: list[int]):
-    """Per layer, the hidden states at the text positions; the token ids there; which are label tokens."""
+    """Per layer, the hidden states at the text positions (``Backbone.encode_demonstrations``); the
+    token ids there; which of them are pieces of the demonstration's label."""
     hidden: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    skip = set(backbone.special_ids.tolist()) | {backbone.image_token_id}
     ids_out, is_label = [], []
     for start in range(0, len(pairs), 8):
-        chunk = pairs[start : start + 8]
-        prompts = [backbone.templates.demonstration.format(text=p.text) for p in chunk]
-        inputs, span = backbone._batch_inputs([p.load() for p in chunk], prompts)
+        chunk = [(p.load(), p.text) for p in pairs[start : start + 8]]
         with torch.no_grad():
-            out = backbone.model.model(**inputs, output_hidden_states=True, use_cache=False)
-        for row, ids in enumerate(inputs["input_ids"]):
-            keep = ~torch.isin(ids, backbone.special_ids) & inputs["attention_mask"][row].bool() & ~span[row]
             for layer in layers:
-                hidden[layer].append(out.hidden_states[layer][row][keep].float())
-            label = labels[start + row]
-            pieces = (
-                set(backbone.tokenizer(" " + label, add_special_tokens=False)["input_ids"])
-                if label
-                else set()
-            )
-            ids_out.append(ids[keep])
-            is_label.append(torch.tensor([int(i) in pieces for i in ids[keep]], dtype=torch.bool))
+                hidden[layer] += [
+                    e.hidden_states.float() for e in backbone.encode_demonstrations(chunk, layer=layer)
+                ]
+    for pair, label in zip(pairs, labels, strict=True):
+        prompt = backbone.templates.demonstration.format(text=pair.text)
+        ids = [i for i in backbone.tokenizer(prompt, add_special_tokens=False)["input_ids"] if i not in skip]
+        pieces = (
+            set(backbone.tokenizer(" " + label, add_special_tokens=False)["input_ids"]) if label else set()
+        )
+        ids_out.append(torch.tensor(ids))
+        is_label.append(torch.tensor([i in pieces for i in ids], dtype=torch.bool))
     return {k: torch.cat(v) for k, v in hidden.items()}, torch.cat(ids_out), torch.cat(is_label)
 
 
