@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from projector.backbone import Backbone
+from projector.projector import Projector
 from projector.training.episodes import Episode, Pair
 
 
@@ -56,11 +57,15 @@ class FeatureCache:
             else:
                 with torch.no_grad():  # not inference mode: the projector's input must be usable in backward
                     enc = self.backbone.encode_demonstration(pair.load(), pair.text, layer=self.layer)
-                h = enc.hidden_states.float().cpu().contiguous()
-                if path is not None:
-                    save_file({"h": h}, str(path))
-                self._demo[key] = h
+                self._store(pair, enc.hidden_states)
         return self._demo[key]
+
+    def _store(self, pair: Pair, hidden_states: torch.Tensor) -> None:
+        h = hidden_states.float().cpu().contiguous()
+        path = self._disk("d", pair.key)
+        if path is not None:
+            save_file({"h": h}, str(path))
+        self._demo[pair.key] = h
 
     def demonstrations(self, pairs: list[Pair], *, batch_size: int = 8) -> list[torch.Tensor]:
         """``demonstration`` of every pair, the missing ones computed ``batch_size`` at a time in one
@@ -73,11 +78,7 @@ class FeatureCache:
                     [(p.load(), p.text) for p in chunk], layer=self.layer
                 )
             for pair, enc in zip(chunk, encs, strict=True):
-                h = enc.hidden_states.float().cpu().contiguous()
-                path = self._disk("d", pair.key)
-                if path is not None:
-                    save_file({"h": h}, str(path))
-                self._demo[pair.key] = h
+                self._store(pair, enc.hidden_states)
         return [self.demonstration(p) for p in pairs]
 
     def _on_disk(self, pair: Pair) -> bool:
@@ -98,7 +99,7 @@ class FeatureCache:
             )
         return rows
 
-    def fused(self, pair: Pair, projector, device: torch.device) -> torch.Tensor:
+    def fused(self, pair: Pair, projector: Projector, device: torch.device) -> torch.Tensor:
         """The projector's fused tokens for a demonstration, from the cached features."""
         text = self.demonstration_text(pair).to(device) if projector.needs_text else None
         return projector(self.demonstration(pair).to(device), text)

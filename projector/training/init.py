@@ -23,19 +23,14 @@ def lstsq_init(projector: Projector, episodes: list[Episode], cache: FeatureCach
     demonstrations added 39 % (``docs/fidelity.md``)."""
     if projector.config.kind != "linear":
         raise TrainingError("--init lstsq needs a linear projector")
-    backbone = cache.backbone
-    emb = backbone.model.get_input_embeddings()
-    special = set(backbone.special_ids.tolist()) | {backbone.image_token_id}
     demos = list({d.key: d for ep in episodes for d in ep.demonstrations}.values())[:max_items]
-    hs, es = [], []
     pairs = demos + list(vocabulary)
+    hs, es = [], []
     for d, h in zip(pairs, cache.demonstrations(pairs), strict=True):
-        prompt = backbone.templates.demonstration.format(text=d.text)
-        ids = [i for i in backbone.tokenizer(prompt)["input_ids"] if i not in special]
-        if len(ids) != h.shape[0]:
+        try:
+            es.append(cache.demonstration_text(d))
+        except ValueError:  # the tokenizer and the processor disagree on this text: leave it out
             continue
-        with torch.no_grad():
-            es.append(emb(torch.tensor(ids, device=backbone.device)).float().cpu())
         hs.append(h)
     if not hs:
         raise TrainingError("no demonstrations to fit the projector on")
