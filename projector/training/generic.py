@@ -102,6 +102,12 @@ TRAINING_TASKS = (
 )
 
 
+def fashion_mnist_installed(data_dir: Path = FASHION_MNIST_DIR) -> bool:
+    """Whether Debian's ``dataset-fashion-mnist`` is where ``read_fashion_mnist`` looks. Without it
+    ``generic`` episodes have no clothing and ``binding`` episodes bind rendered shapes: other data."""
+    return (Path(data_dir) / "train-images-idx3-ubyte.gz").is_file()
+
+
 def read_fashion_mnist(split: str = "train", data_dir: Path = FASHION_MNIST_DIR, limit: int | None = None):
     """(28x28 grayscale PIL image, label) pairs from the idx files of Debian's ``dataset-fashion-mnist``."""
     prefix = {"train": "train", "test": "t10k"}[split]

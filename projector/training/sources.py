@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from projector.training.config import TrainingError
@@ -12,13 +13,24 @@ from projector.training.episodes import (
     read_mmc4,
     read_obelics,
 )
-from projector.training.generic import binding_episodes, generic_episodes
+from projector.training.generic import (
+    FASHION_MNIST_DIR,
+    binding_episodes,
+    fashion_mnist_installed,
+    generic_episodes,
+)
+
+log = logging.getLogger(__name__)
 
 SPECS = "generic[:N], scenes[:N], binding[:N], jsonl:PATH, mmc4:PATH:IMAGE_DIR, obelics:PATH:IMAGE_DIR"
 
 
 def load_sources(specs: list[str], *, seed: int, max_shots: int) -> list[Episode]:
     episodes: list[Episode] = []
+    if any(s.split(":")[0] in ("generic", "binding") for s in specs) and not fashion_mnist_installed():
+        # Not an error (the shapes still train a projector), but not the data the docs describe.
+        log.warning("Fashion-MNIST is not in %s (apt-get install dataset-fashion-mnist): generic episodes "
+                    "have no clothing and binding episodes bind rendered shapes", FASHION_MNIST_DIR)  # fmt: skip
     for spec in specs:
         kind, _, rest = spec.partition(":")
         if kind in ("generic", "scenes", "binding"):

@@ -34,7 +34,7 @@ from projector.training.config import TrainConfig, TrainingError
 from projector.training.distill import TeacherCache, topk_kl
 from projector.training.episodes import Episode
 from projector.training.features import FeatureCache
-from projector.training.generic import vocabulary_pairs
+from projector.training.generic import fashion_mnist_installed, vocabulary_pairs
 from projector.training.init import lstsq_init
 from projector.training.sources import load_sources
 from projector.training.state import STATE_JSON, load_state, save_state
@@ -276,6 +276,7 @@ def train(config: TrainConfig) -> dict:
             "init_vocabulary": config.init_vocabulary if config.init == "lstsq" else None,
             "ridge": config.ridge if config.init == "lstsq" else None,
             "data": config.data,
+            "fashion_mnist": fashion_mnist_installed(),  # generic/binding: clothing, or shapes only
             "episodes": len(train_eps),
             "heldout_episodes": n_held,
             "max_shots": config.max_shots,
