@@ -18,7 +18,7 @@ from server.settings import Settings
 
 PINNED = {
     "tiny": "0951d959a1c465ea",
-    "aim-mini": "76cfcf15d0b3986c",
+    "aim-mini": "dcadbf53ddf9016c",
 }
 
 
