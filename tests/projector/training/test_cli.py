@@ -56,3 +56,18 @@ def test_main_reports_a_training_error_and_exits_2(tmp_path: Path, capsys: pytes
     # The config is refused before any model is loaded.
     assert main(["--model", "tiny", "--data", "generic", "--out", str(tmp_path), "--steps", "-1"]) == 2
     assert "aim train: error: steps must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("spec", "warns"), [("binding:3", True), ("generic:3", True), ("scenes:3", False)])
+def test_missing_fashion_mnist_is_said_for_the_sources_that_use_it(
+    spec: str, warns: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Only the file-system check is replaced: the episodes are still generated (from shapes).
+    monkeypatch.setattr("projector.training.sources.fashion_mnist_installed", lambda: False)
+    with caplog.at_level("WARNING", logger="projector.training.sources"):
+        episodes = load_sources([spec], seed=0, max_shots=2)
+    assert len(episodes) == 3
+    said = [r.getMessage() for r in caplog.records if "Fashion-MNIST is not in" in r.getMessage()]
+    assert len(said) == (1 if warns else 0)
+    if warns:
+        assert "apt-get install dataset-fashion-mnist" in said[0]
