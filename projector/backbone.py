@@ -156,6 +156,15 @@ class Backbone:
             "recipe": self.recipe,
         }
 
+    def demonstration_text_ids(self, text: str) -> list[int]:
+        """The token ids at a demonstration's text positions, in order, from the tokenizer alone (no
+        image, no forward): the demonstration template's tokens less special and ``<image>`` tokens.
+        They are the ids of ``encode_demonstration``'s rows unless the processor splits the text
+        differently, which a caller comparing the two must check."""
+        skip = set(self.special_ids.tolist()) | {self.image_token_id}
+        prompt = self.templates.demonstration.format(text=text)
+        return [i for i in self.tokenizer(prompt, add_special_tokens=False)["input_ids"] if i not in skip]
+
     # -- the two AIM operations -----------------------------------------------------------------
     def _inputs(self, images: list[Image.Image], prompt: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The model's inputs, and which positions the processor wrote for images.

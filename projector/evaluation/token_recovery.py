@@ -29,7 +29,6 @@ def _features(backbone: Backbone, pairs: list[Pair], labels: list[str | None], l
     """Per layer, the hidden states at the text positions (``Backbone.encode_demonstrations``); the
     token ids there; which of them are pieces of the demonstration's label."""
     hidden: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
-    skip = set(backbone.special_ids.tolist()) | {backbone.image_token_id}
     ids_out, is_label = [], []
     for start in range(0, len(pairs), 8):
         chunk = [(p.load(), p.text) for p in pairs[start : start + 8]]
@@ -39,8 +38,7 @@ def _features(backbone: Backbone, pairs: list[Pair], labels: list[str | None], l
                     e.hidden_states.float() for e in backbone.encode_demonstrations(chunk, layer=layer)
                 ]
     for pair, label in zip(pairs, labels, strict=True):
-        prompt = backbone.templates.demonstration.format(text=pair.text)
-        ids = [i for i in backbone.tokenizer(prompt, add_special_tokens=False)["input_ids"] if i not in skip]
+        ids = backbone.demonstration_text_ids(pair.text)
         pieces = (
             set(backbone.tokenizer(" " + label, add_special_tokens=False)["input_ids"]) if label else set()
         )

@@ -44,6 +44,7 @@ class FeatureCache:
         self._demo: dict[str, torch.Tensor] = {}
         self._query: dict[str, QueryFeatures] = {}
         self._target: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._text: dict[str, torch.Tensor] = {}  # demonstration_text, by pair key
 
     def _disk(self, kind: str, key: str) -> Path | None:
         return self.dir / f"{kind}-{key}.safetensors" if self.dir is not None else None
@@ -88,16 +89,15 @@ class FeatureCache:
     def demonstration_text(self, pair: Pair) -> torch.Tensor:
         """The input embeddings of the demonstration's text tokens, one row per ``demonstration`` row
         (what ``DemonstrationEncoding.text_embeds`` holds: a lookup, no forward)."""
-        template = self.backbone.templates.demonstration.format(text=pair.text)
-        ids, emb = self.target(template)
-        skip = set(self.backbone.special_ids.tolist()) | {self.backbone.image_token_id}
-        keep = torch.tensor([int(i) not in skip for i in ids])
-        rows = emb[keep]
-        if rows.shape[0] != self.demonstration(pair).shape[0]:
-            raise ValueError(
-                f"{pair.text!r}: {rows.shape[0]} text tokens, {self.demonstration(pair).shape[0]} hidden states"
+        if pair.key not in self._text:
+            rows = self._embed(
+                torch.tensor(self.backbone.demonstration_text_ids(pair.text), dtype=torch.long)
             )
-        return rows
+            n_hidden = self.demonstration(pair).shape[0]
+            if rows.shape[0] != n_hidden:
+                raise ValueError(f"{pair.text!r}: {rows.shape[0]} text tokens, {n_hidden} hidden states")
+            self._text[pair.key] = rows  # read again at every training step by a residual projector
+        return self._text[pair.key]
 
     def fused(self, pair: Pair, projector: Projector, device: torch.device) -> torch.Tensor:
         """The projector's fused tokens for a demonstration, from the cached features."""
@@ -127,10 +127,13 @@ class FeatureCache:
             )
             if ids.numel() == 0:
                 raise ValueError(f"empty target {text!r}")
-            with torch.no_grad():
-                emb = self.backbone.model.get_input_embeddings()(ids.to(self.backbone.device)).float().cpu()
-            self._target[text] = (ids, emb)
+            self._target[text] = (ids, self._embed(ids))
         return self._target[text]
+
+    @torch.no_grad()
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """The decoder's input embeddings of ``ids``, float32 on the CPU (a lookup, no forward)."""
+        return self.backbone.model.get_input_embeddings()(ids.to(self.backbone.device)).float().cpu()
 
     def warm(self, episodes: list[Episode], *, progress: bool = True) -> None:
         """Compute every episode's features now (one pass with a progress bar)."""
