@@ -8,7 +8,7 @@ with its reason. The gate itself is shown to fire: the identity projector on the
 
 Queries use the plain templates (``--plain-templates``), as every fidelity figure in the docs does: in
 aim-mini's chat format raw ICL itself copies no label (0.00 of 40 at k = 4: it answers in sentences),
-so there is no raw-ICL rate to hold AIM to (AIM copies 0.40 there).
+so there is no raw-ICL rate to hold AIM to (the previous projector copied 0.40 there).
 """
 
 from __future__ import annotations
