@@ -71,8 +71,9 @@ def choose_projector(settings: Settings) -> Path | None:
         f"model {settings.model!r} has no trained AIM projector. Without one, fused tokens are the "
         "backbone's last-layer hidden states fed back as input embeddings (the identity projector), which "
         "the decoder reads as noise. Train one for this model with `aim train --model "
-        f"{settings.model} --data generic:2000 --objective both --out runs/projector` and start with "
-        "AIM_PROJECTOR=runs/projector (deploy/README.md has the recipe), or opt in to the untrained "
+        f"{settings.model} --data generic:2000 --data binding:500 --objective kl --kind residual "
+        "--out runs/projector` and start with AIM_PROJECTOR=runs/projector/best (deploy/README.md has the "
+        "recipe), or opt in to the untrained "
         f"projector explicitly with AIM_PROJECTOR={IDENTITY_PROJECTOR}."
     )
 

@@ -1,6 +1,6 @@
 """``aim train``: the command line mapped onto ``TrainConfig``, then ``train``.
 
-aim train --model DIR --data generic:2000 --out runs/p1 --steps 300
+aim train --model DIR --data generic:2000 --data binding:500 --objective kl --kind residual --out runs/p1
 aim train --model DIR --data generic:2000 --data binding:500 --objective both --reconstruction 0.1 --out runs/p3
 aim train --model DIR --data jsonl:episodes.jsonl --data mmc4:docs.jsonl:images/ --out runs/p2
 """
