@@ -37,7 +37,6 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -52,6 +51,7 @@ from projector.evaluation.metrics import exact_match, is_label_copy, normalize_a
 from projector.evaluation.report import markdown_table, plot
 from projector.evaluation.selection import BASELINE, needs_embeddings, select_demonstrations
 from projector.evaluation.tasks import TASKS, EvalItem, check_split
+from projector.generation import AnswerGenerator, Generation
 from projector.models import resolve_model
 from projector.projector import Projector, record_fidelity
 from projector.prompt import assemble_prompt
@@ -59,24 +59,6 @@ from projector.templates import Templates
 from projector.training.episodes import Pair, first_line, load_image
 
 log = logging.getLogger("aim.eval")
-
-
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    answer_ids: torch.Tensor  # the generated tokens, the stop token included when one was generated
-    logits: torch.Tensor  # [T, vocab] float32: the distributions each answer token was chosen from
-
-
-def newline_token_ids(tokenizer) -> list[int]:
-    """Every token whose text contains a newline: generation stops at the end of the answer line."""
-    vocab = tokenizer.get_vocab()
-    ids = []
-    for token, idx in vocab.items():
-        text = tokenizer.convert_tokens_to_string([token])
-        if "\n" in text:
-            ids.append(idx)
-    return sorted(ids)
 
 
 def encode_pool(encoder: AimEncoder, demonstrations: Sequence[tuple[Image.Image, str]]) -> list[torch.Tensor]:
@@ -91,14 +73,11 @@ def aim_prompt(
     return assemble_prompt(encoder.embed_query(image, prompt), fused_tokens)
 
 
-class Evaluator:
+class Evaluator(AnswerGenerator):
+    """The greedy decoding evaluation scores, and each image decoded once per run."""
+
     def __init__(self, backbone: Backbone, *, max_new_tokens: int = 6) -> None:
-        self.backbone = backbone
-        self.max_new_tokens = max_new_tokens
-        self.stop_ids = sorted(set(backbone.eos_token_ids) | set(newline_token_ids(backbone.tokenizer)))
-        self.pad_id = backbone.tokenizer.pad_token_id
-        if self.pad_id is None:
-            self.pad_id = backbone.eos_token_ids[0]
+        super().__init__(backbone, max_new_tokens=max_new_tokens)
         self._images: dict[str, Image.Image] = {}
 
     def image(self, source: Path | Pair) -> Image.Image:
@@ -107,29 +86,6 @@ class Evaluator:
         if key not in self._images:
             self._images[key] = source.load() if isinstance(source, Pair) else load_image(source)
         return self._images[key]
-
-    @torch.inference_mode()
-    def generate(self, embeds: torch.Tensor) -> Generation:
-        model = self.backbone.model
-        embeds = embeds.to(model.device, model.dtype)[None]
-        out = model.generate(
-            inputs_embeds=embeds,
-            attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=model.device),
-            max_new_tokens=self.max_new_tokens,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            eos_token_id=self.stop_ids,
-            # An answer must start with a word: a newline or EOS first would end it empty.
-            begin_suppress_tokens=self.stop_ids,
-            pad_token_id=self.pad_id,
-            return_dict_in_generate=True,
-            output_logits=True,
-        )
-        ids = out.sequences[0, -len(out.logits) :].cpu()
-        logits = torch.stack([step[0] for step in out.logits]).float().cpu()
-        return Generation(self.backbone.tokenizer.decode(ids, skip_special_tokens=True), ids, logits)
 
 
 # -- one run --------------------------------------------------------------------------------------

@@ -43,6 +43,10 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     )
     p.add_argument("--teacher-top-k", type=int, default=64,
                    help="teacher log-probs cached per answer token (0: the whole vocabulary)")  # fmt: skip
+    p.add_argument("--distil-on", choices=["reference", "teacher"], default="reference",
+                   help="the answer the loss is taken along: the episode's own (reference) or the raw-ICL "
+                        "teacher's greedy answer to the same prompt (teacher: sequence-level "
+                        "distillation, which aims at agreeing with raw ICL)")  # fmt: skip
     p.add_argument("--init", choices=["identity", "lstsq"], default="identity",
                    help="identity (the design's default) or a ridge fit of hidden states to the same tokens' "
                         "input embeddings (linear only)")  # fmt: skip

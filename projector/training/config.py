@@ -30,6 +30,9 @@ class TrainConfig:
     kl_weight: float = 1.0  # objective both: weight of the KL term
     reconstruction: float = 0.0  # weight of regenerating a demonstration's text from its fused tokens
     teacher_top_k: int = 64  # teacher log-probs kept per answer token (0: the whole vocabulary)
+    # reference: learn along the episode's own answer; teacher: along raw ICL's greedy answer to the
+    # same prompt (sequence-level distillation: the answer `aim eval`'s agreement compares against)
+    distil_on: Literal["reference", "teacher"] = "reference"
     init: Literal["identity", "lstsq"] = "identity"
     ridge: float = 0.1  # init lstsq: relative to the mean diagonal of the hidden states' Gram matrix
     init_vocabulary: int = 2000  # init lstsq: made-up-word demonstrations added to the fit's rows
@@ -61,6 +64,8 @@ class TrainConfig:
             raise TrainingError("no --data source")
         if self.objective not in ("lm", "kl", "both"):
             raise TrainingError(f"objective must be lm, kl or both, got {self.objective!r}")
+        if self.distil_on not in ("reference", "teacher"):
+            raise TrainingError(f"distil_on must be reference or teacher, got {self.distil_on!r}")
         if self.reconstruction < 0 or self.kl_weight < 0 or self.teacher_top_k < 0:
             raise TrainingError("reconstruction, kl_weight and teacher_top_k cannot be negative")
         for name in ("steps", "batch_size", "eval_every", "save_every"):

@@ -2,9 +2,11 @@
 
 The teacher is the frozen backbone reading the ordinary interleaved prompt (every demonstration with
 its own image, then the query: ``Backbone.raw_prompt_embeds``, the prompt ``aim eval``'s raw-ICL
-setting uses), teacher-forced on the episode's target. The student is the same backbone reading the
-AIM prompt (fused tokens + the same query). The teacher does not change during training, so its
-distributions are computed once per episode and cached (memory, and ``cache_dir`` when given).
+setting uses), teacher-forced on the episode's target: its reference answer, or with
+``TeacherAnswers`` the teacher's own greedy answer (sequence-level distillation). The student is the
+same backbone reading the AIM prompt (fused tokens + the same query). The teacher does not change
+during training, so its distributions are computed once per episode and cached (memory, and
+``cache_dir`` when given).
 
 Only the teacher's ``top_k`` log-probabilities per position are kept (``top_k = 0`` keeps the whole
 vocabulary). The KL is then taken between the two distributions coarsened to those ``top_k`` tokens
@@ -17,14 +19,81 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from projector.backbone import Backbone
-from projector.training.episodes import Episode
+from projector.generation import AnswerGenerator
+from projector.training.episodes import Episode, first_line
 from projector.training.features import FeatureCache
+
+
+def _scope(backbone: Backbone) -> str:
+    """The teacher never reads the projector's layer: its caches are keyed by the backbone and templates."""
+    return hashlib.sha256(json.dumps(backbone.identity(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def raw_prompt(backbone: Backbone, ep: Episode) -> torch.Tensor:
+    """The teacher's prompt [L, d]: every demonstration with its own image, then the query."""
+    raw = backbone.raw_prompt_embeds([(d.load(), d.text) for d in ep.demonstrations], ep.query.load(),
+                                     ep.query.text)  # fmt: skip
+    return torch.cat([raw.prefix, raw.body]).to(backbone.device, backbone.dtype)
+
+
+class TeacherAnswers:
+    """Each episode with its answer replaced by the raw-ICL teacher's greedy answer (its first line).
+
+    Sequence-level distillation (Kim & Rush, 2016): the student then learns the teacher's
+    distributions along the answer the teacher itself gives, which is what agreement with raw ICL
+    measures, instead of along a reference the teacher may not give (on binding, raw ICL on aim-mini
+    writes a shown label right a third of the time and mangles some). Answers are cached per episode
+    in ``answers.json`` (memory only without ``cache_dir``).
+    """
+
+    SLACK = 4  # tokens the teacher may write beyond the reference's length before it is cut off
+
+    def __init__(self, backbone: Backbone, *, cache_dir: Path | None = None) -> None:
+        self.backbone = backbone
+        self.generator = AnswerGenerator(backbone)
+        self.path = Path(cache_dir) / _scope(backbone) / "teacher" / "answers.json" if cache_dir else None
+        self._answers: dict[str, str] = (
+            json.loads(self.path.read_text()) if self.path is not None and self.path.exists() else {}
+        )
+
+    @staticmethod
+    def key(ep: Episode) -> str:
+        h = hashlib.sha256()
+        for part in [*(d.key for d in ep.demonstrations), ep.query.key]:
+            h.update(part.encode())
+            h.update(b"\0")
+        return h.hexdigest()[:32]
+
+    @torch.no_grad()
+    def answer(self, ep: Episode) -> str:
+        key = self.key(ep)
+        if key not in self._answers:
+            budget = (
+                len(self.backbone.tokenizer(ep.target, add_special_tokens=False)["input_ids"]) + self.SLACK
+            )
+            text = self.generator.generate(raw_prompt(self.backbone, ep), max_new_tokens=budget).text
+            self._answers[key] = first_line(text)
+        return self._answers[key]
+
+    def relabel(self, episodes: list[Episode], *, progress: bool = True) -> list[Episode]:
+        """The episodes with the teacher's answers (an episode it answers empty keeps its own)."""
+        from tqdm import tqdm
+
+        out = [replace(ep, answer=self.answer(ep) or ep.answer)
+               for ep in tqdm(episodes, desc="raw-ICL answers", disable=not progress, mininterval=2.0)]  # fmt: skip
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self._answers, sort_keys=True))
+            tmp.replace(self.path)
+        return out
 
 
 class TeacherCache:
@@ -34,9 +103,7 @@ class TeacherCache:
         self.features = features
         self.backbone: Backbone = features.backbone
         self.top_k = top_k
-        # The teacher never reads the projector's layer: the key is the backbone and the templates.
-        scope = hashlib.sha256(json.dumps(self.backbone.identity(), sort_keys=True).encode()).hexdigest()[:16]
-        self.dir = Path(cache_dir) / scope / "teacher" if cache_dir is not None else None
+        self.dir = Path(cache_dir) / _scope(self.backbone) / "teacher" if cache_dir is not None else None
         if self.dir is not None:
             self.dir.mkdir(parents=True, exist_ok=True)
         self._memory: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -64,10 +131,8 @@ class TeacherCache:
     @torch.no_grad()
     def _compute(self, ep: Episode) -> tuple[torch.Tensor, torch.Tensor]:
         backbone = self.backbone
-        raw = backbone.raw_prompt_embeds([(d.load(), d.text) for d in ep.demonstrations], ep.query.load(),
-                                         ep.query.text)  # fmt: skip
         ids, target = self.features.target(ep.target)
-        prompt = torch.cat([raw.prefix, raw.body]).to(backbone.device, backbone.dtype)
+        prompt = raw_prompt(backbone, ep)
         embeds = torch.cat([prompt, target.to(backbone.device, backbone.dtype)])
         logits = backbone.model(inputs_embeds=embeds[None], use_cache=False).logits[0].float()
         start = prompt.shape[0] - 1

@@ -31,7 +31,7 @@ from projector.projector import Projector, ProjectorConfig, write_provenance
 from projector.prompt import assemble_prompt
 from projector.templates import Templates
 from projector.training.config import TrainConfig, TrainingError
-from projector.training.distill import TeacherCache, topk_kl
+from projector.training.distill import TeacherAnswers, TeacherCache, topk_kl
 from projector.training.episodes import Episode
 from projector.training.features import FeatureCache
 from projector.training.generic import fashion_mnist_installed, vocabulary_pairs
@@ -227,6 +227,14 @@ def train(config: TrainConfig) -> dict:
     cache.warm(held + train_eps, progress=not config.quiet)
     t_features = time.time() - t0
     log.info("backbone features for %d episodes in %.1f s", len(episodes), t_features)
+    if config.distil_on == "teacher":
+        t0 = time.time()
+        relabelled = TeacherAnswers(backbone, cache_dir=config.cache_dir).relabel(
+            held + train_eps, progress=not config.quiet
+        )
+        held, train_eps = relabelled[:n_held], relabelled[n_held:]
+        t_features += time.time() - t0
+        log.info("raw-ICL greedy answers for %d episodes in %.1f s", len(episodes), time.time() - t0)
     teacher = None
     if config.objective in ("kl", "both"):
         teacher = TeacherCache(cache, top_k=config.teacher_top_k, cache_dir=config.cache_dir)
@@ -270,6 +278,7 @@ def train(config: TrainConfig) -> dict:
             "kl_weight": config.kl_weight if config.objective == "both" else None,
             "reconstruction": config.reconstruction,
             "teacher_top_k": config.teacher_top_k if teacher is not None else None,
+            "distil_on": config.distil_on,
             "kind": config.kind,
             "layer": config.layer,
             "init": config.init,

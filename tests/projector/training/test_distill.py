@@ -1,6 +1,7 @@
 """Distillation from raw ICL: the teacher is exactly ``aim eval``'s raw-ICL prompt, its cached top-k KL is
-the full KL's lower bound (equal at full vocabulary), and training on it lowers the held-out KL and
-records how the projector was made."""
+the full KL's lower bound (equal at full vocabulary), sequence-level distillation learns along the
+answer ``aim eval``'s raw-ICL setting gives, and training on it lowers the held-out KL and records how
+the projector was made."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import torch
 
 from projector.backbone import Backbone
 from projector.evaluation.fidelity import answer_logits, kl_divergence
+from projector.evaluation.runner import Evaluator
 from projector.projector import Projector, read_provenance
 from projector.prompt import assemble_prompt
 from projector.training.config import TrainConfig
-from projector.training.distill import TeacherCache, topk_kl
-from projector.training.episodes import read_episodes_jsonl
+from projector.training.distill import TeacherAnswers, TeacherCache, topk_kl
+from projector.training.episodes import first_line, read_episodes_jsonl, target_text
 from projector.training.features import FeatureCache
 from projector.training.trainer import Objective, batch_losses, train
 from tests.helpers import write_episodes
@@ -78,3 +80,36 @@ def test_kl_training_lowers_the_heldout_kl_and_records_its_provenance(tiny_model
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert all("heldout_kl" in e for e in log if "heldout_loss" in e)
     assert Projector.load(out).provenance == provenance
+
+
+def test_sequence_level_distillation_relabels_episodes_with_raw_icls_own_answer(
+    backbone: Backbone, tmp_path: Path
+):
+    eps = read_episodes_jsonl(write_episodes(tmp_path, n=4))
+    relabelled = TeacherAnswers(backbone, cache_dir=tmp_path / "c").relabel(eps, progress=False)
+    evaluator = Evaluator(backbone)  # what `aim eval` generates for the raw-ICL setting
+    for ep, new in zip(eps, relabelled, strict=True):
+        raw = backbone.raw_prompt_embeds([(d.load(), d.text) for d in ep.demonstrations], ep.query.load(),
+                                         ep.query.text)  # fmt: skip
+        budget = (
+            len(backbone.tokenizer(ep.target, add_special_tokens=False)["input_ids"]) + TeacherAnswers.SLACK
+        )
+        expected = first_line(evaluator.generate(assemble_prompt(raw, []), max_new_tokens=budget).text)
+        assert new.answer == (expected or ep.answer)
+        assert new.target == target_text(ep.query.text, new.answer)
+        assert (new.demonstrations, new.query) == (ep.demonstrations, ep.query)
+    assert any(new.answer != ep.answer for ep, new in zip(eps, relabelled, strict=True))  # a random model
+    # cached on disk: a fresh instance answers from the file, with no generator to call
+    fresh = TeacherAnswers(backbone, cache_dir=tmp_path / "c")
+    fresh.generator = None
+    assert fresh.relabel(eps, progress=False) == relabelled
+
+
+def test_training_along_the_teachers_answers_records_it(tiny_model_dir: Path, tmp_path: Path):
+    data = write_episodes(tmp_path, n=12)
+    out = tmp_path / "run"
+    train(TrainConfig(model=str(tiny_model_dir), data=[f"jsonl:{data}"], out=out, steps=2, eval_every=1,
+                      batch_size=2, heldout=0.3, quiet=True, device="cpu", objective="kl", distil_on="teacher",
+                      cache_dir=tmp_path / "cache"))  # fmt: skip
+    assert read_provenance(out)["distil_on"] == "teacher"
+    assert len(list((tmp_path / "cache").glob("*/teacher/answers.json"))) == 1
