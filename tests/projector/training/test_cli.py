@@ -29,6 +29,7 @@ def test_every_config_field_has_a_flag() -> None:
     flags = parse_args(["--model", "m", "--data", "generic", "--out", "o", "--kind", "mlp", "--layer", "-2",
                         "--init", "lstsq", "--ridge", "0.5", "--init-vocabulary", "5",
                         "--objective", "both", "--kl-weight", "0.5", "--reconstruction", "0.1", "--teacher-top-k", "8",
+                        "--distil-on", "teacher",
                         "--steps", "3", "--batch-size", "2", "--lr", "0.1",
                         "--weight-decay", "0.01", "--warmup", "1", "--max-shots", "2", "--heldout", "0.3",
                         "--eval-every", "7", "--save-every", "9", "--max-minutes", "1.5", "--resume", "--seed", "4",
