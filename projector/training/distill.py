@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from projector.backbone import Backbone
 from projector.generation import AnswerGenerator
+from projector.prompt import assemble_prompt
 from projector.training.episodes import Episode, first_line
 from projector.training.features import FeatureCache
 
@@ -37,10 +38,11 @@ def _scope(backbone: Backbone) -> str:
 
 
 def raw_prompt(backbone: Backbone, ep: Episode) -> torch.Tensor:
-    """The teacher's prompt [L, d]: every demonstration with its own image, then the query."""
+    """The teacher's prompt [L, d]: every demonstration with its own image, then the query, laid out by
+    ``assemble_prompt`` as ``aim eval``'s raw-ICL setting lays it out."""
     raw = backbone.raw_prompt_embeds([(d.load(), d.text) for d in ep.demonstrations], ep.query.load(),
                                      ep.query.text)  # fmt: skip
-    return torch.cat([raw.prefix, raw.body]).to(backbone.device, backbone.dtype)
+    return assemble_prompt(raw, []).to(backbone.device, backbone.dtype)
 
 
 class TeacherAnswers:
