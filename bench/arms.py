@@ -36,6 +36,7 @@ from projector.backbone import Backbone, QueryEmbedding, load_backbone
 from projector.encoder import AimEncoder
 from projector.projector import Projector
 from projector.prompt import assemble_prompt
+from projector.templates import separated
 from server.engines.base import SamplingOptions
 from server.engines.vllm_engine import VllmEngine
 from server.settings import MiB, Settings
@@ -75,10 +76,12 @@ def prepare(backbone: Backbone, pool: int, n_queries: int) -> Material:
     for fused in encoder.encode_demonstrations(images_texts, batch_size=8):
         m.fused.append(fused.fused_tokens)
     for image, text in images_texts:  # the raw segment: "<image>\n{text}" as the MLLM reads it, no BOS
-        m.raw.append(encoder.embed_query(image, text).body)
+        m.raw.append(encoder.embed_query(image, separated(text)).body)
     for i in range(n_queries):
         color, shape, text = query(i)
-        m.queries.append(encoder.embed_query(shape_image(IMAGE_SIZE, color, shape, "lightgray"), text))
+        m.queries.append(
+            encoder.embed_query(shape_image(IMAGE_SIZE, color, shape, "lightgray"), text, few_shot=True)
+        )
     return m
 
 

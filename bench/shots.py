@@ -41,6 +41,7 @@ from projector.backbone import Backbone, QueryEmbedding
 from projector.encoder import AimEncoder
 from projector.projector import Projector
 from projector.prompt import assemble_prompt
+from projector.templates import separated
 from server.engines.base import SamplingOptions
 from server.engines.vllm_engine import VllmEngine  # vLLM itself is imported when the engine starts
 from server.settings import MiB, Settings
@@ -93,13 +94,15 @@ def prepare(name: str, backbone: Backbone, image_size: int, k_max: int, n_querie
         setting.fused.append(fused.fused_tokens)
         # The raw segment: the demonstration read the way the MLLM reads any "<image>\n{text}" prompt,
         # minus the BOS that opens the whole prompt once.
-        embedded = encoder.embed_query(image, text)
+        embedded = encoder.embed_query(image, separated(text))
         assert embedded.body.shape[0] == fused.raw_tokens, (embedded.body.shape, fused.raw_tokens)
         setting.raw.append(embedded.body)
         setting.image_tokens = fused.image_tokens
     for i in range(n_queries):
         color, shape, text = query(i)
-        setting.queries.append(encoder.embed_query(shape_image(image_size, color, shape, "lightgray"), text))
+        setting.queries.append(
+            encoder.embed_query(shape_image(image_size, color, shape, "lightgray"), text, few_shot=True)
+        )
     return setting
 
 

@@ -152,7 +152,7 @@ class Backbone:
             "name": self.name,
             "revision": self.revision,
             "config_sha256": hashlib.sha256(config_json.encode()).hexdigest(),
-            "templates": [self.templates.demonstration, self.templates.query, self.templates.text_query],
+            "templates": self.templates.identity(),
             "recipe": self.recipe,
         }
 
@@ -162,7 +162,7 @@ class Backbone:
         They are the ids of ``encode_demonstration``'s rows unless the processor splits the text
         differently, which a caller comparing the two must check."""
         skip = set(self.special_ids.tolist()) | {self.image_token_id}
-        prompt = self.templates.demonstration.format(text=text)
+        prompt = self.templates.demonstration_prompt(text)
         return [i for i in self.tokenizer(prompt, add_special_tokens=False)["input_ids"] if i not in skip]
 
     # -- the two AIM operations -----------------------------------------------------------------
@@ -198,7 +198,7 @@ class Backbone:
         Runs under whatever grad mode the caller chose: the server reads in inference mode, training
         under ``no_grad`` (a tensor made in inference mode cannot be saved for backward).
         """
-        inputs, is_image = self._inputs([image], self.templates.demonstration.format(text=text))
+        inputs, is_image = self._inputs([image], self.templates.demonstration_prompt(text))
         ids = inputs["input_ids"][0]
         out = self.model.model(**inputs, output_hidden_states=True, use_cache=False)
         hidden = out.hidden_states[layer][0]
@@ -215,7 +215,12 @@ class Backbone:
         )
 
     def embed_query(
-        self, image: Image.Image | None, text: str, history: Sequence[tuple[str, str]] = ()
+        self,
+        image: Image.Image | None,
+        text: str,
+        history: Sequence[tuple[str, str]] = (),
+        *,
+        few_shot: bool = False,
     ) -> QueryEmbedding:
         """The query's input embeddings exactly as the model's forward would compute them.
 
@@ -223,9 +228,10 @@ class Backbone:
         it hands the decoder are taken there: the image is spliced in by the model's own code, for
         every architecture in the family. Runs under the caller's grad mode. ``history``: earlier
         turns of a conversation, ``(role, text)``, placed as ``conversation_prompt`` says; without
-        any, the query template alone.
+        any, the query template alone. ``few_shot``: the query will follow demonstrations, and is
+        wrapped in the few-shot query template (``Templates.for_query``).
         """
-        template = self.templates.for_query(image is not None)
+        template = self.templates.for_query(image is not None, few_shot)
         prompt = conversation_prompt(
             template, history, text, self._render_chat if self.chat_template else None
         )
@@ -257,13 +263,15 @@ class Backbone:
         """The ordinary multimodal few-shot prompt, for comparison with AIM.
 
         Every demonstration is written out with its own ``<image>`` (demonstration template), then
-        the query (query template), and the whole interleaved prompt goes through the model's own
-        forward once, as an MLLM's multi-image in-context prompt would. ``prefix``/``body`` split as
-        in ``embed_query``; ``image_tokens`` counts all images' tokens. Demonstration texts are
-        concatenated as given: put any separator (e.g. a trailing newline) in the texts.
+        the query (the few-shot query template, as AIM's query after fused tokens), and the whole
+        interleaved prompt goes through the model's own forward once, as an MLLM's multi-image
+        in-context prompt would. ``prefix``/``body`` split as in ``embed_query``; ``image_tokens``
+        counts all images' tokens. Each demonstration text ends with the separator
+        (``templates.separated``), as when it is encoded.
         """
-        parts = [self.templates.demonstration.format(text=t) for _, t in demonstrations]
-        parts.append(self.templates.for_query(image is not None).format(text=text))
+        parts = [self.templates.demonstration_prompt(t) for _, t in demonstrations]
+        query_template = self.templates.for_query(image is not None, few_shot=bool(demonstrations))
+        parts.append(query_template.format(text=text))
         images = [im for im, _ in demonstrations] + ([image] if image is not None else [])
         return self._embed_prompt(images, "".join(parts))
 
@@ -328,7 +336,7 @@ class Backbone:
         """
         if len(items) <= 1 or not self.can_batch:
             return [self.encode_demonstration(image, text, layer=layer) for image, text in items]
-        prompts = [self.templates.demonstration.format(text=text) for _, text in items]
+        prompts = [self.templates.demonstration_prompt(text) for _, text in items]
         inputs, span = self._batch_inputs([image for image, _ in items], prompts)
         out = self.model.model(**inputs, output_hidden_states=True, use_cache=False)
         encodings = []
@@ -353,7 +361,7 @@ class Backbone:
         return encodings
 
     def embed_queries(
-        self, items: Sequence[tuple[Image.Image, str, Sequence[tuple[str, str]]]]
+        self, items: Sequence[tuple[Image.Image, str, Sequence[tuple[str, str]]]], *, few_shot: bool = False
     ) -> list[QueryEmbedding]:
         """``embed_query`` of queries that all have an image, in one padded forward up to the decoder.
 
@@ -361,10 +369,12 @@ class Backbone:
         round differently from the one-at-a-time result (measured: tiny model equal, aim-mini <= 3e-6).
         """
         if len(items) <= 1 or not self.can_batch:
-            return [self.embed_query(image, text, history) for image, text, history in items]
+            return [
+                self.embed_query(image, text, history, few_shot=few_shot) for image, text, history in items
+            ]
         render = self._render_chat if self.chat_template else None
         prompts = [
-            conversation_prompt(self.templates.for_query(True), history, text, render)
+            conversation_prompt(self.templates.for_query(True, few_shot), history, text, render)
             for _, text, history in items
         ]
         inputs, span = self._batch_inputs([image for image, _, _ in items], prompts)

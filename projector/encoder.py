@@ -81,16 +81,22 @@ class AimEncoder:
 
     @torch.inference_mode()
     def embed_queries(
-        self, items: Sequence[tuple[Image.Image, str, Sequence[tuple[str, str]]]]
+        self, items: Sequence[tuple[Image.Image, str, Sequence[tuple[str, str]]]], *, few_shot: bool = False
     ) -> list[QueryEmbedding]:
         """``embed_query`` of queries that all have an image, in one backbone forward."""
-        return [self._query_out(q) for q in self.backbone.embed_queries(items)]
+        return [self._query_out(q) for q in self.backbone.embed_queries(items, few_shot=few_shot)]
 
     @torch.inference_mode()
     def embed_query(
-        self, image: Image.Image | None, text: str, history: Sequence[tuple[str, str]] = ()
+        self,
+        image: Image.Image | None,
+        text: str,
+        history: Sequence[tuple[str, str]] = (),
+        *,
+        few_shot: bool = False,
     ) -> QueryEmbedding:
-        return self._query_out(self.backbone.embed_query(image, text, history))
+        """The query's embeddings; ``few_shot``: it will follow fused demonstrations."""
+        return self._query_out(self.backbone.embed_query(image, text, history, few_shot=few_shot))
 
     def _query_out(self, q: QueryEmbedding) -> QueryEmbedding:
         return QueryEmbedding(

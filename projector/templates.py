@@ -2,6 +2,10 @@
 
 ``<image>`` marks where the image goes, ``{text}`` the demonstration's or query's text. Templates are
 part of a backbone's identity (they change the hidden states), so they enter the bank fingerprint.
+
+A query that follows demonstrations may be wrapped differently from one that does not: a model may
+declare a few-shot query template (``few_shot_query_template`` in its recipe), the layout its
+projector was trained and measured in; without one, few-shot queries use the query templates.
 """
 
 from __future__ import annotations
@@ -18,6 +22,15 @@ RECIPE_FILE = "aim_recipe.json"
 DEFAULT_DEMONSTRATION_TEMPLATE = "<image>\n{text}"
 DEFAULT_QUERY_TEMPLATE = "<image>\n{text}"
 DEFAULT_TEXT_QUERY_TEMPLATE = "{text}"
+# What separates one demonstration from the next (and the last from the query).
+DEMONSTRATION_SEPARATOR = "\n"
+
+
+def separated(text: str) -> str:
+    """A demonstration's text as it enters a prompt: ending with the separator unless it already ends
+    in whitespace. Training episodes are laid out this way, so a text registered without it ("…A: a
+    cat") reads as the projector learnt, instead of running into the next demonstration's text."""
+    return text if text.endswith(("\n", " ")) else text + DEMONSTRATION_SEPARATOR
 
 
 @dataclass(frozen=True)
@@ -25,9 +38,29 @@ class Templates:
     demonstration: str = DEFAULT_DEMONSTRATION_TEMPLATE
     query: str = DEFAULT_QUERY_TEMPLATE  # a query with an image
     text_query: str = DEFAULT_TEXT_QUERY_TEMPLATE  # a query without one
+    few_shot_query: str | None = None  # a query with an image after demonstrations; None: ``query``
+    few_shot_text_query: str | None = None  # a query without one after demonstrations; None: ``text_query``
 
-    def for_query(self, has_image: bool) -> str:
+    def for_query(self, has_image: bool, few_shot: bool = False) -> str:
+        if few_shot:
+            chosen = self.few_shot_query if has_image else self.few_shot_text_query
+            if chosen is not None:
+                return chosen
         return self.query if has_image else self.text_query
+
+    def demonstration_prompt(self, text: str) -> str:
+        return self.demonstration.format(text=separated(text))
+
+    def identity(self) -> list[str]:
+        """What of the wrapping changes hidden states or prompts: part of the backbone's identity."""
+        return [
+            self.demonstration,
+            self.query,
+            self.text_query,
+            self.for_query(True, few_shot=True),
+            self.for_query(False, few_shot=True),
+            f"separator={DEMONSTRATION_SEPARATOR!r}",
+        ]
 
 
 def read_recipe(model_dir: Path) -> dict[str, Any]:
@@ -36,13 +69,25 @@ def read_recipe(model_dir: Path) -> dict[str, Any]:
 
 
 def model_templates(recipe: dict[str, Any], **overrides: str | None) -> Templates:
-    """The templates a model's recipe declares (or the defaults), with any non-None override applied."""
+    """The templates a model's recipe declares (or the defaults), with any non-None override applied.
+
+    Overriding a query template without its few-shot counterpart serves every query, few-shot or
+    not, with the override: an explicit wrapping is never silently replaced by the recipe's.
+    """
+
+    def few_shot(kind: str) -> str | None:
+        if overrides.get(f"few_shot_{kind}"):
+            return overrides[f"few_shot_{kind}"]
+        return None if overrides.get(kind) else recipe.get(f"few_shot_{kind}_template")
+
     return Templates(
         demonstration=overrides.get("demonstration")
         or recipe.get("demonstration_template", DEFAULT_DEMONSTRATION_TEMPLATE),
         query=overrides.get("query") or recipe.get("query_template", DEFAULT_QUERY_TEMPLATE),
         text_query=overrides.get("text_query")
         or recipe.get("text_query_template", DEFAULT_TEXT_QUERY_TEMPLATE),
+        few_shot_query=few_shot("query"),
+        few_shot_text_query=few_shot("text_query"),
     )
 
 

@@ -90,6 +90,8 @@ def load_encoder(settings: Settings) -> AimEncoder:
             "demonstration": settings.demonstration_template,
             "query": settings.query_template,
             "text_query": settings.text_query_template,
+            "few_shot_query": settings.few_shot_query_template,
+            "few_shot_text_query": settings.few_shot_text_query_template,
         },
     )
     if checkpoint is not None:

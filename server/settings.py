@@ -59,6 +59,16 @@ class Settings(BaseSettings):
     text_query_template: str | None = Field(
         None, description="wraps a text-only query; none: the model's own"
     )
+    few_shot_query_template: str | None = Field(
+        None,
+        description="wraps a query with an image that follows demonstrations; none: the model's own, "
+        "else the query template",
+    )
+    few_shot_text_query_template: str | None = Field(
+        None,
+        description="wraps a text-only query that follows demonstrations; none: the model's own, "
+        "else the text query template",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="model and fused-token dtype; auto: float32 on CPU, bfloat16 on GPU"
     )
@@ -141,7 +151,13 @@ class Settings(BaseSettings):
     max_demonstrations: int = Field(64, ge=0, description="demonstrations in one /generate prompt")
     max_tokens_limit: int = Field(2048, ge=1, description="largest max_tokens a request may ask for")
 
-    @field_validator("demonstration_template", "query_template", "text_query_template")
+    @field_validator(
+        "demonstration_template",
+        "query_template",
+        "text_query_template",
+        "few_shot_query_template",
+        "few_shot_text_query_template",
+    )
     @classmethod
     def _has_text_slot(cls, value: str | None) -> str | None:
         if value is not None and "{text}" not in value:

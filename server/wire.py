@@ -77,3 +77,8 @@ class DemonstrationSelection(BaseModel):
         if self.select != "first" and self.set is None:
             raise ValueError("'select' goes with 'set'")
         return self
+
+    @property
+    def asks_for_any(self) -> bool:
+        """Whether it can pick a demonstration at all (an empty set still picks none)."""
+        return bool(self.ids) if self.ids is not None else self.k != 0

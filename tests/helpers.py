@@ -26,6 +26,7 @@ from PIL import Image
 
 from bank import DemonstrationRecord
 from bank.embedded import redis_server_binary
+from projector.backbone import Backbone
 from projector.training.scenes import shape_image
 from server.app import create_app
 from server.settings import Settings
@@ -36,6 +37,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # CI points this at the local Redis so integration tests run on both deployments.
 EXTERNAL_REDIS_URL = os.environ.get("AIM_REDIS_URL") or None
+
+
+def same_text(served: str, backbone: Backbone, tokens: list[int]) -> bool:
+    """The served text is the decoded tokens. vLLM's incremental detokenizer holds back a last incomplete
+    UTF-8 sequence, which the random tiny models often end on; that is the one difference allowed."""
+    return served.rstrip("\ufffd") == backbone.tokenizer.decode(tokens, skip_special_tokens=True).rstrip(
+        "\ufffd"
+    )
 
 
 def png_bytes(color: str = "red", size: tuple[int, int] = (64, 64), shape: str = "circle") -> bytes:

@@ -70,7 +70,7 @@ def aim_prompt(
     encoder: AimEncoder, image: Image.Image | None, prompt: str, fused_tokens: Sequence[torch.Tensor]
 ) -> torch.Tensor:
     """The AIM prompt for a query after the given demonstrations' fused tokens (none: zero-shot)."""
-    return assemble_prompt(encoder.embed_query(image, prompt), fused_tokens)
+    return assemble_prompt(encoder.embed_query(image, prompt, few_shot=bool(fused_tokens)), fused_tokens)
 
 
 class Evaluator(AnswerGenerator):

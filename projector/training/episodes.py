@@ -49,6 +49,7 @@ from urllib.parse import urlparse
 from PIL import Image
 
 from projector.images import decode_image
+from projector.templates import separated
 
 ImageSource = Image.Image | str | Path
 
@@ -60,8 +61,7 @@ class DataError(ValueError):
 # -- text layout ----------------------------------------------------------------------------------
 def demo_text(prompt: str, answer: str) -> str:
     """A demonstration's text: prompt and answer, ending with the newline that separates demonstrations."""
-    text = f"{prompt} {answer}" if prompt else answer
-    return text if text.endswith(("\n", " ")) else text + "\n"
+    return separated(f"{prompt} {answer}" if prompt else answer)
 
 
 def target_text(prompt: str, answer: str) -> str:

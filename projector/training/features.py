@@ -112,8 +112,8 @@ class FeatureCache:
                 t = load_file(str(path))
                 self._query[key] = QueryFeatures(t["prefix"], t["body"])
             else:
-                with torch.no_grad():
-                    q = self.backbone.embed_query(pair.load(), pair.text)
+                with torch.no_grad():  # a training query always follows demonstrations
+                    q = self.backbone.embed_query(pair.load(), pair.text, few_shot=True)
                 feats = QueryFeatures(q.prefix.float().cpu().contiguous(), q.body.float().cpu().contiguous())
                 if path is not None:
                     save_file({"prefix": feats.prefix, "body": feats.body}, str(path))

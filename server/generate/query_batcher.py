@@ -3,13 +3,15 @@
 Each request's query image would otherwise go through the vision tower alone, in its own thread: at
 high concurrency on an accelerator those small forwards, not the engine, bound the server. Requests
 that arrive within ``max_wait_ms`` of the first waiting one (up to ``max_batch``) share one padded
-forward (``AimEncoder.embed_queries``). Text-only queries need no vision tower and skip the queue.
+forward (``AimEncoder.embed_queries``), one per query template (few-shot or not) in the batch.
+Text-only queries need no vision tower and skip the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ class _Waiting:
     image: Image.Image
     text: str
     history: Sequence[tuple[str, str]]
+    few_shot: bool
     result: asyncio.Future[QueryEmbedding]
 
 
@@ -69,13 +72,24 @@ class QueryBatcher:
                 waiting.result.set_exception(RuntimeError("the server is shutting down"))
 
     async def embed(
-        self, image: Image.Image | None, text: str, history: Sequence[tuple[str, str]] = ()
+        self,
+        image: Image.Image | None,
+        text: str,
+        history: Sequence[tuple[str, str]] = (),
+        *,
+        few_shot: bool = False,
     ) -> QueryEmbedding:
         """What ``AimEncoder.embed_query`` returns for this query; its errors are raised here too."""
         if image is None or self._queue is None:
-            return await asyncio.to_thread(_no_stop_iteration, self.encoder.embed_query, image, text, history)
+            return await asyncio.to_thread(
+                _no_stop_iteration,
+                functools.partial(self.encoder.embed_query, few_shot=few_shot),
+                image,
+                text,
+                history,
+            )
         result: asyncio.Future[QueryEmbedding] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Waiting(image, text, history, result))
+        await self._queue.put(_Waiting(image, text, history, few_shot, result))
         return await result
 
     async def _run(self) -> None:
@@ -103,13 +117,22 @@ class QueryBatcher:
                         w.result.set_exception(RuntimeError("the server is shutting down"))
 
     async def _embed(self, batch: list[_Waiting]) -> None:
+        # One template per forward: few-shot and zero-shot queries may be wrapped differently.
+        for few_shot in (False, True):
+            group = [w for w in batch if w.few_shot is few_shot]
+            if group:
+                await self._embed_group(group, few_shot)
+
+    async def _embed_group(self, batch: list[_Waiting], few_shot: bool) -> None:
         self._note(len(batch))
         if len(batch) == 1:
             await self._one(batch[0])
             return
         try:
             queries = await asyncio.to_thread(
-                _no_stop_iteration, self.encoder.embed_queries, [(w.image, w.text, w.history) for w in batch]
+                _no_stop_iteration,
+                functools.partial(self.encoder.embed_queries, few_shot=few_shot),
+                [(w.image, w.text, w.history) for w in batch],
             )
         except Exception:  # noqa: BLE001 - one bad query must fail alone, not its batch
             log.debug("a batch of %d queries failed; embedding them one at a time", len(batch))
@@ -123,7 +146,11 @@ class QueryBatcher:
     async def _one(self, w: _Waiting) -> None:
         try:
             query = await asyncio.to_thread(
-                _no_stop_iteration, self.encoder.embed_query, w.image, w.text, w.history
+                _no_stop_iteration,
+                functools.partial(self.encoder.embed_query, few_shot=w.few_shot),
+                w.image,
+                w.text,
+                w.history,
             )
         except Exception as exc:  # noqa: BLE001 - handed to the caller that sent it
             if not w.result.done():

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import torch
+from PIL import Image
 
 from bank import DemonstrationBank, UnknownDemonstrationError, UnknownSetError
 from bank.codec import DemonstrationRecord
@@ -195,6 +196,18 @@ class GenerateService:
                     param=param,
                 )
 
+    async def _embed_query(
+        self,
+        image: Image.Image | None,
+        request: InferenceRequest,
+        history: list[tuple[str, str]],
+        few_shot: bool,
+    ) -> QueryEmbedding:
+        try:
+            return await self.queries.embed(image, request.text, history, few_shot=few_shot)
+        except ConversationError as exc:
+            raise APIError(str(exc), param=request.params.prompt) from None
+
     async def prepare(self, request: InferenceRequest, *, id_prefix: str = "gen") -> PreparedRequest:
         """Everything up to the engine; every 4xx of a request is raised here."""
         s = self.settings
@@ -210,12 +223,14 @@ class GenerateService:
             (decoded,) = await self.images.decode([request.image])
             image = decoded.image
         history = [(t.role, t.text) for t in request.history]
-        try:
-            # The query first: per-query selection ranks the set by the query's image embedding.
-            query = await self.queries.embed(image, request.text, history)
-        except ConversationError as exc:
-            raise APIError(str(exc), param=request.params.prompt) from None
+        # The query first: per-query selection ranks the set by the query's image embedding. It is
+        # wrapped as a few-shot query when demonstrations were asked for (the model may wrap those
+        # differently: Templates.for_query), and again as zero-shot if none came back (an empty set).
+        few_shot = request.demonstrations is not None and request.demonstrations.asks_for_any
+        query = await self._embed_query(image, request, history, few_shot)
         demonstrations = await self._demonstrations(request.demonstrations, query)
+        if few_shot and not demonstrations:
+            query = await self._embed_query(image, request, history, False)
         prompt_embeds = assemble_prompt(query, [d.fused_tokens for d in demonstrations])
         cost = prompt_cost(query, demonstrations)
         limit = self.engine.max_model_len

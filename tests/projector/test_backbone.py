@@ -51,20 +51,36 @@ def test_demonstration_keeps_one_hidden_state_per_text_token(any_backbone: Backb
     image = decode_png(png_b64("red"))
     text = "A red circle on a white background."
     enc = backbone.encode_demonstration(image, text)
-    text_ids = backbone.tokenizer("\n" + text, add_special_tokens=False).input_ids
+    # the text is read ending with the separator that ends every demonstration in a prompt
+    text_ids = backbone.tokenizer("\n" + text + "\n", add_special_tokens=False).input_ids
     image_tokens = IMAGE_TOKENS_64PX[backbone.model.config.model_type]
     assert enc.hidden_states.shape == (len(text_ids), backbone.hidden_size)
     assert enc.image_tokens == image_tokens
     assert enc.raw_tokens == image_tokens + len(text_ids)
     # the kept rows are the text's: the last layer at the prompt's last positions
     inputs = backbone.processor(
-        images=image, text=backbone.templates.demonstration.format(text=text), return_tensors="pt"
+        images=image, text=backbone.templates.demonstration.format(text=text + "\n"), return_tensors="pt"
     )
     last = backbone.model.model(**inputs, output_hidden_states=True).hidden_states[-1][0]
     assert torch.equal(enc.hidden_states, last[-len(text_ids) :])
     # the hidden states saw the image: another image changes them
     other = backbone.encode_demonstration(decode_png(png_b64("blue")), text)
     assert not torch.allclose(enc.hidden_states, other.hidden_states)
+
+
+def test_demonstration_text_gets_the_separator_once(backbone: Backbone):
+    """A text registered without the trailing newline reads as training laid it out: "…a cat" and
+    "…a cat\n" are the same demonstration, and raw ICL's interleaved prompt separates them too."""
+    image = decode_png(png_b64("red"))
+    bare = backbone.encode_demonstration(image, "Q: What is it? A: a cat").hidden_states
+    ended = backbone.encode_demonstration(image, "Q: What is it? A: a cat\n").hidden_states
+    assert bare.view(torch.uint8).numpy().tobytes() == ended.view(torch.uint8).numpy().tobytes()
+    spaced = backbone.encode_demonstration(image, "Q: What is it? A: a cat ").hidden_states
+    assert spaced.shape[0] == bare.shape[0]  # a trailing space is a separator already: nothing added
+    demos = [(image, "Q: What is it? A: a cat"), (image, "Q: What is it? A: a dog")]
+    raw = backbone.raw_prompt_embeds(demos, image, "Q: What is it? A:")
+    expected = backbone.raw_prompt_embeds([(im, t + "\n") for im, t in demos], image, "Q: What is it? A:")
+    assert torch.equal(torch.cat([raw.prefix, raw.body]), torch.cat([expected.prefix, expected.body]))
 
 
 def test_encoding_is_deterministic(backbone: Backbone):
@@ -92,7 +108,7 @@ def test_an_untrained_residual_projector_gives_the_text_itself(backbone: Backbon
     projector = Projector.identity(backbone=backbone.name, hidden_size=backbone.hidden_size, kind="residual")
     fused = AimEncoder(backbone, projector, dtype=torch.float32).encode_demonstration(image, text)
     encoding = backbone.encode_demonstration(image, text)
-    ids = backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = backbone.tokenizer(text + "\n", add_special_tokens=False)["input_ids"]  # with the separator
     words = backbone.model.get_input_embeddings()(torch.tensor(ids)).detach()
     assert torch.equal(fused.fused_tokens[-len(ids) :], words)
     assert torch.equal(encoding.text_embeds, fused.fused_tokens)

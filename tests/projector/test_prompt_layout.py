@@ -18,6 +18,7 @@ from projector.backbone import Backbone
 from projector.encoder import AimEncoder
 from projector.evaluation.runner import Evaluator, aim_prompt, encode_pool
 from projector.projector import Projector
+from projector.templates import Templates
 from projector.training.episodes import Episode, Pair, demo_text
 from projector.training.features import FeatureCache
 from projector.training.trainer import episode_embeds
@@ -45,18 +46,34 @@ def _b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
 
-async def server_prompt(tiny_model_dir: Path, tmp_path: Path, demos, query: Path) -> torch.Tensor:
-    settings = make_settings(tiny_model_dir, tmp_path / "server", dtype="float32")
+async def server_prompt(
+    tiny_model_dir: Path, tmp_path: Path, demos, query: Path, **settings: str
+) -> torch.Tensor:
+    prompts = await server_prompts(tiny_model_dir, tmp_path, demos, query, **settings)
+    return prompts["few-shot"]
+
+
+async def server_prompts(
+    tiny_model_dir: Path, tmp_path: Path, demos, query: Path, **settings: str
+) -> dict[str, torch.Tensor]:
+    """The server's prompt embeddings for the query after ``demos``, and for it alone."""
+    settings = make_settings(tiny_model_dir, tmp_path / "server", dtype="float32", **settings)
     async for app in start_app(settings):
         items = [{"image": _b64(path), "text": text} for path, text in demos]
         r = await app.client.post("/demonstrations", json={"items": items})
         assert r.status_code == 200, r.text
         ids = [item["id"] for item in r.json()["items"]]
-        request = GenerateRequest(
-            query={"image": _b64(query), "text": QUESTION}, demonstrations={"ids": ids}, max_tokens=4
-        )
-        prepared = await app.state.generate.prepare(generate_request(request))
-        return prepared.prompt_embeds
+        prompts = {}
+        for name, demonstrations in [
+            ("few-shot", {"ids": ids}),
+            ("zero-shot", None),
+            ("none picked", {"ids": []}),
+        ]:
+            request = GenerateRequest(
+                query={"image": _b64(query), "text": QUESTION}, demonstrations=demonstrations, max_tokens=4
+            )
+            prompts[name] = (await app.state.generate.prepare(generate_request(request))).prompt_embeds
+        return prompts
     raise AssertionError("the app did not start")
 
 
@@ -109,3 +126,41 @@ async def test_server_training_and_evaluation_build_byte_identical_prompts(
         assert prompt.shape == expected.shape, (name, prompt.shape, expected.shape)
         assert torch.equal(prompt, expected), name
         assert prompt.contiguous().numpy().tobytes() == expected.numpy().tobytes(), name
+
+
+async def test_a_few_shot_query_template_wraps_the_query_on_every_path(
+    tiny_model_dir: Path, backbone: Backbone, tmp_path: Path, monkeypatch
+) -> None:
+    """A model that wraps queries after demonstrations differently (aim-mini: plain after
+    demonstrations, its chat format alone) gets the few-shot wrapping from the server, training,
+    evaluation and raw ICL alike, and the plain one for a query without demonstrations."""
+    few_shot = "Answer as the examples do.\n<image>\n{text}"
+    monkeypatch.setattr(backbone, "templates", Templates(few_shot_query=few_shot))
+    demos, query = _write_images(tmp_path)
+    projector = Projector.identity(backbone=backbone.name, hidden_size=backbone.hidden_size)
+    served = await server_prompts(tiny_model_dir, tmp_path, demos, query, few_shot_query_template=few_shot)
+    prompts = {
+        "server": served["few-shot"],
+        "training": training_prompt(backbone, projector, demos, query),
+        "evaluation": evaluation_prompt(backbone, projector, demos, query),
+    }
+    with torch.inference_mode():
+        image = Evaluator(backbone).image(query)
+        wrapped = backbone.embed_query(image, QUESTION, few_shot=True)
+        alone = backbone.embed_query(image, QUESTION)
+        fused = [
+            projector(backbone.encode_demonstration(Evaluator(backbone).image(path), text).hidden_states)
+            for path, text in demos
+        ]
+        raw = backbone.raw_prompt_embeds(
+            [(Evaluator(backbone).image(p), t) for p, t in demos], image, QUESTION
+        )
+    instruction = len(backbone.tokenizer("Answer as the examples do.\n", add_special_tokens=False).input_ids)
+    assert wrapped.body.shape[0] == alone.body.shape[0] + instruction
+    expected = torch.cat([wrapped.prefix, *fused, wrapped.body])
+    for name, prompt in prompts.items():
+        assert torch.equal(prompt, expected), name
+    # raw ICL ends with the same wrapped query
+    assert torch.equal(raw.body[-wrapped.body.shape[0] :], wrapped.body)
+    assert torch.equal(served["zero-shot"], torch.cat([alone.prefix, alone.body]))
+    assert torch.equal(served["none picked"], served["zero-shot"])  # no demonstration: a zero-shot query

@@ -14,6 +14,7 @@ from bank import decode_record
 from projector.backbone import Backbone
 from projector.encoder import AimEncoder
 from projector.projector import Projector
+from projector.templates import Templates
 from server.generate.query_batcher import QueryBatcher
 from server.settings import Settings
 from tests.helpers import EXTERNAL_REDIS_URL, decode_png, make_settings, png_b64, start_app
@@ -84,6 +85,24 @@ async def test_concurrent_queries_share_a_forward_and_get_their_own_embeddings(e
     assert (
         got[-1].image_tokens == 0 and got[-1].num_tokens == encoder.embed_query(None, "text only").num_tokens
     )
+
+
+async def test_few_shot_and_zero_shot_queries_are_batched_apart(encoder: AimEncoder, monkeypatch):
+    """Queries wrapped in different templates never share a forward: each gets its own wrapping."""
+    few_shot = "After the examples: <image>\n{text}"
+    monkeypatch.setattr(encoder.backbone, "templates", Templates(few_shot_query=few_shot))
+    queries = [(decode_png(png_b64(c)), f"Which colour{'?' * i}", ()) for i, c in enumerate(COLORS[:4])]
+    flags = [False, True, False, True]
+    async with QueryBatcher(encoder, max_batch=4, max_wait_ms=500) as batcher:
+        got = await asyncio.gather(
+            *(batcher.embed(*q, few_shot=f) for q, f in zip(queries, flags, strict=True))
+        )
+    assert batcher.batches == [2, 2]
+    for q, f, embedding in zip(queries, flags, got, strict=True):
+        alone = encoder.embed_query(*q, few_shot=f)
+        assert embedding.body.shape == alone.body.shape
+        assert (embedding.body - alone.body).abs().max().item() <= TOLERANCE
+    assert got[1].body.shape[0] > got[0].body.shape[0]  # the few-shot wrapping is longer
 
 
 async def test_a_bad_query_fails_alone_and_its_batch_is_answered(encoder: AimEncoder, backbone: Backbone):

@@ -17,8 +17,8 @@ from server.app import bank_fingerprint, load_encoder
 from server.settings import Settings
 
 PINNED = {
-    "tiny": "0951d959a1c465ea",
-    "aim-mini": "dcadbf53ddf9016c",
+    "tiny": "ffbe0676777bacb2",
+    "aim-mini": "5e00d8d22911d364",
 }
 
 

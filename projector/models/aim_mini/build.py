@@ -73,7 +73,7 @@ CHAT_TEMPLATE = (
 
 
 # Bump when what build_aim_mini writes changes: cached builds are keyed by it.
-RECIPE_VERSION = 4
+RECIPE_VERSION = 5
 
 # One user turn of CHAT_TEMPLATE with the generation prompt, written out; {content} is the turn.
 QUERY_CHAT_TEMPLATE = (
@@ -321,6 +321,12 @@ def build_aim_mini(
         "demonstration_template": "<image>\n{text}",
         "query_template": QUERY_CHAT_TEMPLATE.format(content="<image>\n{text}"),
         "text_query_template": QUERY_CHAT_TEMPLATE.format(content="{text}"),
+        # A query after demonstrations continues their plain pattern: the layout the shipped projector
+        # was trained and measured in. In the chat format the demonstrations come before the system
+        # turn, and raw multimodal ICL there answers "You are a helpful AI named Sarah…" (measured on
+        # the README's photos: docs/fidelity.md, "Few-shot prompts on aim-mini").
+        "few_shot_query_template": "<image>\n{text}",
+        "few_shot_text_query_template": "{text}",
     }
     if connector is not None:
         recipe["connector_sha256"] = hashlib.sha256(Path(connector).read_bytes()).hexdigest()

@@ -27,6 +27,7 @@ from projector.projector import Projector  # noqa: E402
 from server.engines.base import EngineError, SamplingOptions  # noqa: E402
 from server.engines.transformers_engine import TransformersEngine  # noqa: E402
 from server.settings import MiB, Settings  # noqa: E402
+from tests.helpers import same_text  # noqa: E402
 
 MAX_MODEL_LEN = 2048
 GREEDY = SamplingOptions(max_tokens=12, temperature=0.0)
@@ -149,7 +150,7 @@ async def test_greedy_tokens_match_reference_one_at_a_time(vllm_engine, backbone
         out = await run(vllm_engine, p, GREEDY, f"single-{i}")
         assert out.token_ids == expected[i], f"prompt {i} ({p.shape[0]} tokens)"
         assert out.finish_reason in ("stop", "length")
-        assert out.text == backbone.tokenizer.decode(out.token_ids, skip_special_tokens=True)
+        assert same_text(out.text, backbone, out.token_ids)
 
 
 async def test_greedy_tokens_match_reference_concurrently(vllm_engine, prompts, expected):

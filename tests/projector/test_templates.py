@@ -1,0 +1,51 @@
+"""Which template wraps a query, from a model's recipe and the operator's overrides."""
+
+from __future__ import annotations
+
+from projector.templates import Templates, model_templates, separated
+
+RECIPE = {
+    "query_template": "CHAT <image>\n{text} END",
+    "text_query_template": "CHAT {text} END",
+    "few_shot_query_template": "<image>\n{text}",
+    "few_shot_text_query_template": "{text}",
+}
+
+
+def test_a_recipe_s_few_shot_templates_wrap_queries_after_demonstrations():
+    t = model_templates(RECIPE)
+    assert t.for_query(True) == "CHAT <image>\n{text} END"
+    assert t.for_query(False) == "CHAT {text} END"
+    assert t.for_query(True, few_shot=True) == "<image>\n{text}"
+    assert t.for_query(False, few_shot=True) == "{text}"
+
+
+def test_without_few_shot_templates_every_query_is_wrapped_alike():
+    t = Templates(query="Q <image>\n{text}")
+    assert t.for_query(True, few_shot=True) == t.for_query(True) == "Q <image>\n{text}"
+    assert t.for_query(False, few_shot=True) == "{text}"
+
+
+def test_an_operator_s_query_template_is_not_replaced_by_the_recipe_s_few_shot_one():
+    t = model_templates(RECIPE, query="MINE <image>\n{text}")
+    assert t.for_query(True, few_shot=True) == "MINE <image>\n{text}"
+    assert t.for_query(False, few_shot=True) == "{text}"  # the text query was not overridden
+    t = model_templates(RECIPE, query="MINE <image>\n{text}", few_shot_query="FEW <image>\n{text}")
+    assert (t.for_query(True), t.for_query(True, few_shot=True)) == (
+        "MINE <image>\n{text}",
+        "FEW <image>\n{text}",
+    )
+
+
+def test_the_few_shot_templates_are_part_of_the_identity():
+    assert (
+        model_templates(RECIPE).identity()
+        != model_templates({**RECIPE, "few_shot_text_query_template": "A {text}"}).identity()
+    )
+
+
+def test_a_demonstration_ends_with_one_separator():
+    assert separated("Q: a? A: cat") == "Q: a? A: cat\n"
+    assert separated("Q: a? A: cat\n") == "Q: a? A: cat\n"
+    assert separated("a caption that runs on ") == "a caption that runs on "
+    assert Templates().demonstration_prompt("A: cat") == "<image>\nA: cat\n"
