@@ -9,8 +9,8 @@ tokens), in three layouts of the same prompt:
   few-shot query template (aim-mini: plain ``<image>\\n{text}``, as its projector was trained);
 * ``chat``: the query in aim-mini's chat template after the demonstrations, i.e. before the system
   turn (what the server sent before the few-shot template existed);
-* ``chat, demos in user turn``: the chat template with the demonstrations inside the user turn,
-  before the query's image (a layout no projector here was trained in).
+* ``chat, demos in user turn``: the chat template with a ``{demonstrations}`` slot where the query's
+  content starts, i.e. the demonstrations inside the user turn, before the query's image.
 
 An answer *names* the photo when it contains one of the photo's accepted names (``photos.json``, as
 the zero-shot naming check counts). ``agree``: AIM's answer equals raw ICL's (normalised).
@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from projector.backbone import Backbone, load_backbone
+from projector.backbone import load_backbone
 from projector.encoder import AimEncoder
 from projector.evaluation.metrics import normalize_answer
 from projector.generation import AnswerGenerator
@@ -55,23 +55,19 @@ class Row:
         return sum(1 for a in self.answers if a[key])
 
 
-def user_turn_prompts(backbone: Backbone, demos, image, encoder: AimEncoder, fused):
-    """Raw ICL and AIM prompt embeddings with the demonstrations inside the chat's user turn."""
-    template = backbone.templates.query
-    cut = template.index("<image>")
-    head, tail = template[:cut], template[cut:].format(text=QUESTION)
-    head_ids = backbone.tokenizer(head, add_special_tokens=False)["input_ids"]
-    full_ids = backbone.tokenizer(template.format(text=QUESTION), add_special_tokens=False)["input_ids"]
-    assert full_ids[: len(head_ids)] == head_ids, "the chat head does not tokenize on its own"
-
-    def embed(images, text):
-        q = backbone._embed_prompt(images, text)
-        return torch.cat([q.prefix, q.body])
-
-    raw_text = head + "".join(backbone.templates.demonstration_prompt(t) for _, t in demos) + tail
-    raw = embed([im for im, _ in demos] + [image], raw_text)
-    aim = torch.cat([embed([], head), *fused, embed([image], tail)])
-    return raw, aim
+def layout_templates(layout: str, own: Templates) -> Templates:
+    """The templates that give ``layout``, from the model's own."""
+    if layout == "served":
+        return own
+    chat = Templates(own.demonstration, own.query, own.text_query)  # few-shot wrapped as zero-shot
+    if layout == "chat":
+        return chat
+    slot = "{demonstrations}"  # the demonstrations where the query's content starts, in its user turn
+    return replace(
+        chat,
+        few_shot_query=own.query.replace("<image>", slot + "<image>", 1),
+        few_shot_text_query=own.text_query.replace("{text}", slot + "{text}", 1),
+    )
 
 
 def run(args: argparse.Namespace) -> list[Row]:
@@ -82,21 +78,15 @@ def run(args: argparse.Namespace) -> list[Row]:
     own = backbone.templates
     rows = []
     for layout in LAYOUTS:
-        # "chat": the few-shot query wrapped as every other query, as before the few-shot template
-        backbone.templates = (
-            Templates(own.demonstration, own.query, own.text_query) if layout == "chat" else own
-        )
+        backbone.templates = layout_templates(layout, own)
         projector = Projector.load(args.projector, backbone=backbone.name, hidden_size=backbone.hidden_size)
         encoder = AimEncoder(backbone, projector, dtype=backbone.dtype)
         fused = [encoder.encode_demonstration(im, text).fused_tokens for im, text in demos]
         generator = AnswerGenerator(backbone, max_new_tokens=args.max_new_tokens)
         row = Row(layout)
         for photo in photos:
-            if layout == "chat, demos in user turn":
-                raw_embeds, aim_embeds = user_turn_prompts(backbone, demos, photo.image, encoder, fused)
-            else:
-                raw_embeds = assemble_prompt(backbone.raw_prompt_embeds(demos, photo.image, QUESTION), [])
-                aim_embeds = assemble_prompt(encoder.embed_query(photo.image, QUESTION, few_shot=True), fused)
+            raw_embeds = assemble_prompt(backbone.raw_prompt_embeds(demos, photo.image, QUESTION), [])
+            aim_embeds = assemble_prompt(encoder.embed_query(photo.image, QUESTION, few_shot=True), fused)
             raw = generator.generate(raw_embeds).text.strip()
             aim = generator.generate(aim_embeds).text.strip()
             row.answers.append({

@@ -22,7 +22,14 @@ from PIL import Image
 
 from projector.models import register_model_types
 from projector.processors import load_processor
-from projector.templates import Templates, conversation_prompt, model_templates, read_recipe
+from projector.templates import (
+    DEMONSTRATIONS_SLOT,
+    Templates,
+    conversation_prompt,
+    model_templates,
+    read_recipe,
+    split_at_demonstrations,
+)
 
 # Model types whose tokens sit at plain 1-D positions, so prompt embeddings carry everything the decoder
 # needs. Each is tested end to end on a tiny random build (projector/models/tiny*.py).
@@ -231,11 +238,11 @@ class Backbone:
         any, the query template alone. ``few_shot``: the query will follow demonstrations, and is
         wrapped in the few-shot query template (``Templates.for_query``).
         """
-        template = self.templates.for_query(image is not None, few_shot)
+        head, template = split_at_demonstrations(self.templates.for_query(image is not None, few_shot))
         prompt = conversation_prompt(
             template, history, text, self._render_chat if self.chat_template else None
         )
-        return self._embed_prompt([image] if image is not None else [], prompt)
+        return self._embed_prompt([image] if image is not None else [], head + prompt, head)
 
     @property
     def image_token(self) -> str:
@@ -269,15 +276,17 @@ class Backbone:
         counts all images' tokens. Each demonstration text ends with the separator
         (``templates.separated``), as when it is encoded.
         """
-        parts = [self.templates.demonstration_prompt(t) for _, t in demonstrations]
-        query_template = self.templates.for_query(image is not None, few_shot=bool(demonstrations))
-        parts.append(query_template.format(text=text))
+        head, template = split_at_demonstrations(
+            self.templates.for_query(image is not None, few_shot=bool(demonstrations))
+        )
+        parts = [head, *(self.templates.demonstration_prompt(t) for _, t in demonstrations)]
+        parts.append(template.format(text=text))
         images = [im for im, _ in demonstrations] + ([image] if image is not None else [])
-        return self._embed_prompt(images, "".join(parts))
+        return self._embed_prompt(images, "".join(parts), head)
 
-    def _embed_prompt(self, images: list[Image.Image], prompt: str) -> QueryEmbedding:
+    def _embed_prompt(self, images: list[Image.Image], prompt: str, head: str = "") -> QueryEmbedding:
         inputs, is_image = self._inputs(images, prompt)
-        return self._split_query(inputs["input_ids"][0], self._capture(inputs)[0], is_image)
+        return self._split_query(inputs["input_ids"][0], self._capture(inputs)[0], is_image, head)
 
     def _capture(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The ``inputs_embeds`` the model's forward hands its decoder, [batch, seq, hidden]."""
@@ -290,11 +299,23 @@ class Backbone:
             self._capturing.active = False
         raise BackboneError("the decoder was never called")  # pragma: no cover - the hook always fires
 
-    def _split_query(self, ids: torch.Tensor, embeds: torch.Tensor, is_image: torch.Tensor) -> QueryEmbedding:
+    def _split_query(
+        self, ids: torch.Tensor, embeds: torch.Tensor, is_image: torch.Tensor, head: str = ""
+    ) -> QueryEmbedding:
+        """``prefix``: what goes before demonstrations: the leading BOS, or the tokens of ``head`` (the
+        few-shot template's text before its demonstrations slot) after any BOS the tokenizer adds."""
         special = set(self.special_ids.tolist())
-        n_prefix = 0
-        while n_prefix < len(ids) and int(ids[n_prefix]) in special:
-            n_prefix += 1
+        if head:
+            head_ids = self.tokenizer(head, add_special_tokens=False)["input_ids"]
+            # after the BOS the tokenizer may add (none, or one or two special tokens)
+            starts = [n for n in range(3) if ids[n : n + len(head_ids)].tolist() == head_ids]
+            if not starts:
+                raise BackboneError(f"the text before {DEMONSTRATIONS_SLOT} does not tokenize on its own")
+            n_prefix = starts[0] + len(head_ids)
+        else:
+            n_prefix = 0
+            while n_prefix < len(ids) and int(ids[n_prefix]) in special:
+                n_prefix += 1
         is_feature = ids == self.image_token_id
         return QueryEmbedding(
             prefix=embeds[:n_prefix],
@@ -373,14 +394,12 @@ class Backbone:
                 self.embed_query(image, text, history, few_shot=few_shot) for image, text, history in items
             ]
         render = self._render_chat if self.chat_template else None
-        prompts = [
-            conversation_prompt(self.templates.for_query(True, few_shot), history, text, render)
-            for _, text, history in items
-        ]
+        head, template = split_at_demonstrations(self.templates.for_query(True, few_shot))
+        prompts = [head + conversation_prompt(template, history, text, render) for _, text, history in items]
         inputs, span = self._batch_inputs([image for image, _, _ in items], prompts)
         embeds = self._capture(inputs)
         return [
-            self._split_query(inputs["input_ids"][row][real], embeds[row][real], span[row][real])
+            self._split_query(inputs["input_ids"][row][real], embeds[row][real], span[row][real], head)
             for row, real in enumerate(inputs["attention_mask"].bool())
         ]
 

@@ -24,6 +24,15 @@ DEFAULT_QUERY_TEMPLATE = "<image>\n{text}"
 DEFAULT_TEXT_QUERY_TEMPLATE = "{text}"
 # What separates one demonstration from the next (and the last from the query).
 DEMONSTRATION_SEPARATOR = "\n"
+# Where, in a few-shot query template, the demonstrations go (e.g. inside a chat's user turn);
+# a template without it has them before its first token that is not BOS.
+DEMONSTRATIONS_SLOT = "{demonstrations}"
+
+
+def split_at_demonstrations(template: str) -> tuple[str, str]:
+    """``(head, rest)``: the template's text before the demonstrations and the query's own part."""
+    head, slot, rest = template.partition(DEMONSTRATIONS_SLOT)
+    return (head, rest) if slot else ("", template)
 
 
 def separated(text: str) -> str:

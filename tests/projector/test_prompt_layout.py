@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+import pytest
 import torch
 
 from projector.backbone import Backbone
@@ -128,13 +129,25 @@ async def test_server_training_and_evaluation_build_byte_identical_prompts(
         assert prompt.contiguous().numpy().tobytes() == expected.numpy().tobytes(), name
 
 
+INSTRUCTION = "Answer as the examples do.\n"
+
+
+@pytest.mark.parametrize(
+    ("few_shot", "in_prefix"),
+    [
+        (INSTRUCTION + "<image>\n{text}", False),  # demonstrations before the template (after BOS)
+        (INSTRUCTION + "{demonstrations}<image>\n{text}", True),  # demonstrations at the slot
+    ],
+    ids=["before-template", "at-slot"],
+)
 async def test_a_few_shot_query_template_wraps_the_query_on_every_path(
-    tiny_model_dir: Path, backbone: Backbone, tmp_path: Path, monkeypatch
+    tiny_model_dir: Path, backbone: Backbone, tmp_path: Path, monkeypatch, few_shot: str, in_prefix: bool
 ) -> None:
     """A model that wraps queries after demonstrations differently (aim-mini: plain after
     demonstrations, its chat format alone) gets the few-shot wrapping from the server, training,
-    evaluation and raw ICL alike, and the plain one for a query without demonstrations."""
-    few_shot = "Answer as the examples do.\n<image>\n{text}"
+    evaluation and raw ICL alike, and the plain one for a query without demonstrations. With a
+    ``{demonstrations}`` slot, the template's text before it opens the prompt, before the fused
+    tokens in AIM and before the raw demonstrations in raw ICL."""
     monkeypatch.setattr(backbone, "templates", Templates(few_shot_query=few_shot))
     demos, query = _write_images(tmp_path)
     projector = Projector.identity(backbone=backbone.name, hidden_size=backbone.hidden_size)
@@ -155,12 +168,15 @@ async def test_a_few_shot_query_template_wraps_the_query_on_every_path(
         raw = backbone.raw_prompt_embeds(
             [(Evaluator(backbone).image(p), t) for p, t in demos], image, QUESTION
         )
-    instruction = len(backbone.tokenizer("Answer as the examples do.\n", add_special_tokens=False).input_ids)
-    assert wrapped.body.shape[0] == alone.body.shape[0] + instruction
+    instruction = len(backbone.tokenizer(INSTRUCTION, add_special_tokens=False).input_ids)
+    assert wrapped.prefix.shape[0] == alone.prefix.shape[0] + (instruction if in_prefix else 0)
+    assert wrapped.body.shape[0] == alone.body.shape[0] + (0 if in_prefix else instruction)
     expected = torch.cat([wrapped.prefix, *fused, wrapped.body])
     for name, prompt in prompts.items():
         assert torch.equal(prompt, expected), name
-    # raw ICL ends with the same wrapped query
-    assert torch.equal(raw.body[-wrapped.body.shape[0] :], wrapped.body)
+    # raw ICL opens with the same prefix and ends with the same query
+    raw_prompt = torch.cat([raw.prefix, raw.body])
+    assert torch.equal(raw_prompt[: wrapped.prefix.shape[0]], wrapped.prefix)
+    assert torch.equal(raw_prompt[-wrapped.body.shape[0] :], wrapped.body)
     assert torch.equal(served["zero-shot"], torch.cat([alone.prefix, alone.body]))
     assert torch.equal(served["none picked"], served["zero-shot"])  # no demonstration: a zero-shot query

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from projector.templates import Templates, model_templates, separated
+from projector.templates import Templates, model_templates, separated, split_at_demonstrations
 
 RECIPE = {
     "query_template": "CHAT <image>\n{text} END",
@@ -49,3 +49,11 @@ def test_a_demonstration_ends_with_one_separator():
     assert separated("Q: a? A: cat\n") == "Q: a? A: cat\n"
     assert separated("a caption that runs on ") == "a caption that runs on "
     assert Templates().demonstration_prompt("A: cat") == "<image>\nA: cat\n"
+
+
+def test_a_demonstrations_slot_splits_a_template_into_head_and_query():
+    assert split_at_demonstrations("SYS\nUSER: {demonstrations}<image>\n{text} END") == (
+        "SYS\nUSER: ",
+        "<image>\n{text} END",
+    )
+    assert split_at_demonstrations("<image>\n{text}") == ("", "<image>\n{text}")

@@ -87,9 +87,14 @@ async def test_concurrent_queries_share_a_forward_and_get_their_own_embeddings(e
     )
 
 
-async def test_few_shot_and_zero_shot_queries_are_batched_apart(encoder: AimEncoder, monkeypatch):
-    """Queries wrapped in different templates never share a forward: each gets its own wrapping."""
-    few_shot = "After the examples: <image>\n{text}"
+@pytest.mark.parametrize(
+    "few_shot", ["After the examples: <image>\n{text}", "After the examples: {demonstrations}<image>\n{text}"]
+)
+async def test_few_shot_and_zero_shot_queries_are_batched_apart(
+    encoder: AimEncoder, monkeypatch, few_shot: str
+):
+    """Queries wrapped in different templates never share a forward: each gets its own wrapping, its
+    prefix (what goes before the demonstrations) included."""
     monkeypatch.setattr(encoder.backbone, "templates", Templates(few_shot_query=few_shot))
     queries = [(decode_png(png_b64(c)), f"Which colour{'?' * i}", ()) for i, c in enumerate(COLORS[:4])]
     flags = [False, True, False, True]
@@ -100,9 +105,9 @@ async def test_few_shot_and_zero_shot_queries_are_batched_apart(encoder: AimEnco
     assert batcher.batches == [2, 2]
     for q, f, embedding in zip(queries, flags, got, strict=True):
         alone = encoder.embed_query(*q, few_shot=f)
-        assert embedding.body.shape == alone.body.shape
+        assert torch.equal(embedding.prefix, alone.prefix) and embedding.body.shape == alone.body.shape
         assert (embedding.body - alone.body).abs().max().item() <= TOLERANCE
-    assert got[1].body.shape[0] > got[0].body.shape[0]  # the few-shot wrapping is longer
+    assert got[1].num_tokens > got[0].num_tokens  # the few-shot wrapping is longer
 
 
 async def test_a_bad_query_fails_alone_and_its_batch_is_answered(encoder: AimEncoder, backbone: Backbone):
