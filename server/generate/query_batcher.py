@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -82,11 +81,7 @@ class QueryBatcher:
         """What ``AimEncoder.embed_query`` returns for this query; its errors are raised here too."""
         if image is None or self._queue is None:
             return await asyncio.to_thread(
-                _no_stop_iteration,
-                functools.partial(self.encoder.embed_query, few_shot=few_shot),
-                image,
-                text,
-                history,
+                _no_stop_iteration, self.encoder.embed_query, image, text, history, few_shot=few_shot
             )
         result: asyncio.Future[QueryEmbedding] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Waiting(image, text, history, few_shot, result))
@@ -131,8 +126,9 @@ class QueryBatcher:
         try:
             queries = await asyncio.to_thread(
                 _no_stop_iteration,
-                functools.partial(self.encoder.embed_queries, few_shot=few_shot),
+                self.encoder.embed_queries,
                 [(w.image, w.text, w.history) for w in batch],
+                few_shot=few_shot,
             )
         except Exception:  # noqa: BLE001 - one bad query must fail alone, not its batch
             log.debug("a batch of %d queries failed; embedding them one at a time", len(batch))
@@ -146,11 +142,7 @@ class QueryBatcher:
     async def _one(self, w: _Waiting) -> None:
         try:
             query = await asyncio.to_thread(
-                _no_stop_iteration,
-                functools.partial(self.encoder.embed_query, few_shot=w.few_shot),
-                w.image,
-                w.text,
-                w.history,
+                _no_stop_iteration, self.encoder.embed_query, w.image, w.text, w.history, few_shot=w.few_shot
             )
         except Exception as exc:  # noqa: BLE001 - handed to the caller that sent it
             if not w.result.done():
@@ -164,14 +156,14 @@ class QueryBatcher:
         del self.batches[:-1000]
 
 
-def _no_stop_iteration(fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)``, with a StopIteration turned into an error a future can carry.
+def _no_stop_iteration(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``, with a StopIteration turned into an error a future can carry.
 
     transformers raises StopIteration from a model's forward when a prompt's image placeholders
     outnumber its images; asyncio cannot set it on a future, and the awaiting coroutine would wait
     forever (measured: the batcher stopped answering every later query).
     """
     try:
-        return fn(*args)
+        return fn(*args, **kwargs)
     except StopIteration as exc:
         raise RuntimeError(f"the backbone failed on this query: StopIteration {exc}") from None
