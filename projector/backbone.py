@@ -126,6 +126,22 @@ class Backbone:
             sorted({i for i in (self.tokenizer.bos_token_id, self.tokenizer.pad_token_id) if i is not None}),
             dtype=torch.long,
         )
+        self._check_demonstrations_slots()
+
+    def _check_demonstrations_slots(self) -> None:
+        """A few-shot template's ``{demonstrations}`` slot must fall between two tokens, or the query
+        prefix cannot be cut there: refused when the backbone is built (server start-up), not per query."""
+        for has_image in (True, False):
+            head, rest = split_at_demonstrations(self.templates.for_query(has_image, few_shot=True))
+            if not head:
+                continue
+            head_ids = self.tokenizer(head, add_special_tokens=False)["input_ids"]
+            ids = self.tokenizer(head + rest.format(text="x"), add_special_tokens=False)["input_ids"]
+            if ids[: len(head_ids)] != head_ids:
+                raise BackboneError(
+                    f"the few-shot query template's text before {DEMONSTRATIONS_SLOT} ({head!r}) does not "
+                    "tokenize on its own: put the slot between words or after a newline"
+                )
 
     @property
     def decoder(self) -> torch.nn.Module:

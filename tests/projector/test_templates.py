@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from projector.templates import Templates, model_templates, separated, split_at_demonstrations
 
 RECIPE = {
@@ -57,3 +59,19 @@ def test_a_demonstrations_slot_splits_a_template_into_head_and_query():
         "<image>\n{text} END",
     )
     assert split_at_demonstrations("<image>\n{text}") == ("", "<image>\n{text}")
+
+
+def test_a_slot_inside_a_token_is_refused_when_the_backbone_is_built(backbone):
+    """The tiny tokenizer merges "ab" into one token: a slot between "a" and "b" cannot cut the prompt."""
+    from projector.backbone import Backbone, BackboneError
+
+    def build(few_shot: str) -> Backbone:
+        return Backbone(
+            backbone.model, backbone.processor, name="t", templates=Templates(few_shot_query=few_shot)
+        )
+
+    with pytest.raises(
+        BackboneError, match=r"text before \{demonstrations\} \('a'\) does not tokenize on its own"
+    ):
+        build("a{demonstrations}b <image>\n{text}")
+    build("a\n{demonstrations}b <image>\n{text}")  # after a newline: accepted
