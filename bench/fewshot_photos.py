@@ -36,7 +36,7 @@ from projector.models.aim_mini.data import load_rgb
 from projector.models.aim_mini.photos import DEFAULT_PHOTOS, load_photos, names_object
 from projector.projector import Projector
 from projector.prompt import assemble_prompt
-from projector.templates import Templates
+from projector.templates import DEMONSTRATIONS_SLOT, Templates
 from projector.training.config import DEFAULT_MODEL_CACHE
 
 QUESTION = "Q: What is in the picture? A:"
@@ -62,7 +62,7 @@ def layout_templates(layout: str, own: Templates) -> Templates:
     chat = Templates(own.demonstration, own.query, own.text_query)  # few-shot wrapped as zero-shot
     if layout == "chat":
         return chat
-    slot = "{demonstrations}"  # the demonstrations where the query's content starts, in its user turn
+    slot = DEMONSTRATIONS_SLOT  # the demonstrations where the query's content starts, in its user turn
     return replace(
         chat,
         few_shot_query=own.query.replace("<image>", slot + "<image>", 1),
