@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from projector.evaluation.config import BENCHMARKS, SETTINGS, EvalConfig, EvaluationError
+from projector.evaluation.config import BENCHMARKS, DEFAULT_SETTINGS, SETTINGS, EvalConfig, EvaluationError
 from projector.training.config import DEFAULT_MODEL_CACHE
 
 DESCRIPTION = (
@@ -41,7 +41,12 @@ def parse_args(argv: list[str] | None) -> EvalConfig:
         "--pool", type=int, default=64, help="training-split questions the demonstrations come from"
     )
     p.add_argument("--shots", default="0,1,2,4,8")
-    p.add_argument("--settings", default=",".join(SETTINGS))
+    p.add_argument(
+        "--settings",
+        default=",".join(DEFAULT_SETTINGS),
+        help=f"comma-separated, of {', '.join(SETTINGS)} (raw-icl-jpeg: raw ICL with every demonstration "
+        "image JPEG re-encoded at quality 95, the teacher's agreement with itself)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's own")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)

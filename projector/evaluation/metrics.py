@@ -10,7 +10,9 @@ from collections.abc import Sequence
 
 from projector.evaluation.selection import BASELINE
 
-AIM_BASELINES = ("raw-icl", "zero-shot", "aim-identity")  # what each AIM setting is tested against
+# What each AIM setting is tested against. raw-icl-jpeg's agreement with raw ICL is the teacher's own: AIM's
+# set beside it asks whether the student disagrees with raw ICL more than raw ICL does with itself.
+AIM_BASELINES = ("raw-icl", "zero-shot", "aim-identity", "raw-icl-jpeg")
 
 # -- normalised exact match (SQuAD-style) ---------------------------------------------------------
 _ARTICLES = re.compile(r"\b(a|an|the)\b")

@@ -13,6 +13,7 @@ from pathlib import Path
 LABELS = {
     "zero-shot": "zero-shot",
     "raw-icl": "raw multimodal ICL",
+    "raw-icl-jpeg": "raw multimodal ICL, demonstrations re-encoded as JPEG",
     "aim": "AIM (trained projector)",
     "aim-identity": "AIM (identity projector)",
 }

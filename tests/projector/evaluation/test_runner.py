@@ -10,7 +10,7 @@ import pytest
 from projector.backbone import Backbone
 from projector.evaluation.cli import main, parse_args
 from projector.evaluation.config import EvalConfig, EvaluationError
-from projector.evaluation.runner import run
+from projector.evaluation.runner import jpeg_round_trip, run
 from projector.projector import Projector
 
 
@@ -85,3 +85,36 @@ def test_record_into_must_be_an_evaluated_checkpoint(
     with pytest.raises(EvaluationError, match="not a checkpoint this run evaluates"):
         run(EvalConfig(model=str(tiny_model_dir), projector=ckpt, benchmark="binding", n_test=1, shots="1",
                        out=tmp_path / "e", quiet=True, device="cpu", record_into=tmp_path / "other"))  # fmt: skip
+
+
+def test_raw_icl_jpeg_is_the_teacher_measured_against_itself(
+    tiny_model_dir: Path, backbone: Backbone, tmp_path: Path
+) -> None:
+    ckpt = Projector.identity(backbone=backbone.name, hidden_size=backbone.hidden_size).save(tmp_path / "p")
+    summary = run(EvalConfig(model=str(tiny_model_dir), projector=ckpt, benchmark="binding", n_test=3, shots="2",
+                             settings="raw-icl,raw-icl-jpeg,aim", out=tmp_path / "eval", quiet=True, device="cpu",
+                             record_into=ckpt))  # fmt: skip
+    rows = {r["setting"]: r for r in summary["results"]}
+    jpeg = rows["raw-icl-jpeg"]
+    # Measured against raw ICL like a student, on prompts of raw ICL's length (the same images, other pixels).
+    assert jpeg["kl"] > 0 and jpeg["agreement"] is not None
+    assert jpeg["prompt_tokens"] == rows["raw-icl"]["prompt_tokens"]
+    assert ("aim", "raw-icl-jpeg", "agreement") in {
+        (t["a"], t["b"], t["measure"]) for t in summary["significance"]
+    }
+    recorded = Projector.load(ckpt).provenance["fidelity"]["binding/seed0/n3"]["by_k"]["2"]
+    assert recorded["raw_icl_self_agreement"] == jpeg["agreement"]
+    table = (tmp_path / "eval" / "results.md").read_text()
+    assert "| raw multimodal ICL, demonstrations re-encoded as JPEG | 2 |" in table
+
+
+def test_jpeg_round_trip_keeps_the_picture_and_changes_the_pixels() -> None:
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (48, 48), (240, 230, 200))
+    ImageDraw.Draw(image).ellipse((10, 10, 38, 38), fill=(200, 30, 30))
+    again = jpeg_round_trip(image)
+    assert (again.size, again.mode) == (image.size, image.mode)
+    mse = ((np.asarray(image, dtype=float) - np.asarray(again, dtype=float)) ** 2).mean()
+    assert mse > 0 and 10 * np.log10(255**2 / mse) > 30  # PSNR above 30 dB: other pixels, the same picture
